@@ -1,0 +1,53 @@
+"""Random draws from per-sample generators, so that a sample's noise does not depend on the batch it is in.
+
+A generator argument is one of:
+- None: the global torch generator;
+- one `torch.Generator`: the whole batch from one stream (depends on batch composition);
+- a sequence of L generators, one per sample: row i of a batch of N draws from generator i % L. With L = N this is
+  the noise-fixed-per-sample idea of edm; with N = 2L (the two halves of a classifier-free-guidance batch) sample i
+  and its unconditional twin i + L draw from the same stream, one after the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+def sample_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One seeded generator per sample, on `device`."""
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(s))
+        gens.append(g)
+    return gens
+
+
+def _draw(fn, shape: Sequence[int], generator: Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if generator is None or isinstance(generator, torch.Generator):
+        gdev = generator.device if isinstance(generator, torch.Generator) else device
+        out = fn(tuple(shape), generator=generator, device=gdev, dtype=dtype)
+        return out.to(device)
+    gens = list(generator)
+    n = shape[0]
+    if n % len(gens) != 0:
+        raise ValueError(f"batch of {n} cannot draw from {len(gens)} per-sample generators")
+    rows = [fn(tuple(shape[1:]), generator=gens[i % len(gens)], device=gens[i % len(gens)].device, dtype=dtype)
+            for i in range(n)]
+    return torch.stack(rows).to(device)
+
+
+def randn(shape: Sequence[int], generator: Generator = None, device: torch.device | str = "cpu",
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal tensor of `shape`, drawn as the module docstring describes."""
+    return _draw(torch.randn, shape, generator, torch.device(device), dtype)
+
+
+def rand(shape: Sequence[int], generator: Generator = None, device: torch.device | str = "cpu",
+         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform [0, 1) tensor of `shape`, drawn as the module docstring describes."""
+    return _draw(torch.rand, shape, generator, torch.device(device), dtype)
