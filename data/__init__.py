@@ -1,0 +1,1 @@
+"""Datasets, transforms, label names, the embedded phantom dataset and the VAE loader."""
