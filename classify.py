@@ -1,0 +1,295 @@
+"""Downstream multi-label classification study: real data, real + synthetic data, significance vs. geometric aug.
+
+Trains a classifier (ResNet-50 by default, the FDDM-style protocol of SPEC B1/C6) for every condition, fold and
+seed, evaluates it on the test split (or on val when a fold has no test CSV), and writes results.csv,
+results.json, results.md (shaped like the paper's Table B) and per_label.png into --out. Finished runs are
+resumed, not retrained. Example (paper-like study, 5x synthetic sets written by sample_ddp.py for each fold):
+
+    python classify.py --data-path data/oct_multilabel --folds 0 1 2 3 4 --seeds 0 1 2 --out results_classify \
+        --conditions geometric noaug \
+        'synthetic:LDM-B=synthetic_oct/LDM-B-GS-fold-{fold}-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0' \
+        'synthetic:DiT-S=synthetic_oct/DiT-S-2-GS-fold-{fold}-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0' \
+        'synthetic:GeCA-S=synthetic_oct/GeCA-S-GS-fold-{fold}-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0'
+CPU demo on the phantom data:
+    python classify.py --data-path data_local/oct_phantom --arch tiny --image-size 64 --epochs 5 --num-workers 0
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from data.datasets import label_names_for
+from data.select import add_dataset_arguments, pick_dataset
+from downstream.augment import RESIZE_MODES, AugmentConfig
+from downstream.classifier import ARCHS, find_pretrained
+from downstream.conditions import SYNTAX, Condition, parse_conditions
+from downstream.metrics import METRIC_NAMES, undefined_labels
+from downstream.report import markdown_table, summarize, write_results
+from downstream.significance import TEST_DESCRIPTIONS, TESTS
+from downstream.splits import EVAL_SPLITS, FoldData, load_fold
+from downstream.study import run_hash, run_path, run_study
+from downstream.training import TrainConfig
+from infra.distributed import pick_device
+from infra.logs import create_logger
+
+
+def study_labels(args: argparse.Namespace) -> tuple[str, ...]:
+    """Label columns: --label-columns (a csv dataset), else --dataset or the path rule, else the 11 OCT labels."""
+    if args.label_columns and args.dataset is None:
+        return label_names_for("csv", args.label_columns)
+    try:
+        kind = pick_dataset(args.data_path, args.dataset)
+    except ValueError:
+        if args.dataset is not None:
+            raise
+        kind = "oct"
+    return label_names_for(kind, args.label_columns)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The protocol settings from the flags (rejecting impossible values, naming the flag)."""
+    checks = {
+        "--epochs": args.epochs >= 1,
+        "--batch-size": args.batch_size >= 1,
+        "--image-size": args.image_size >= 8,
+        "--lr": args.lr > 0,
+        "--threshold": 0.0 < args.threshold < 1.0,
+        "--lr-factor": 0.0 < args.lr_factor < 1.0,
+        "--aug-crop-scale": 0.0 < args.aug_crop_scale <= 1.0,
+        "--aug-zoom-range": 0.0 <= args.aug_zoom_range < 1.0,
+        "--aug-jitter": 0.0 <= args.aug_jitter < 1.0,
+    }
+    bad = [flag for flag, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"invalid value for {', '.join(bad)}")
+    augment = AugmentConfig(
+        rotation=args.aug_rotation,
+        flip_p=args.aug_flip_p,
+        crop_p=args.aug_crop_p,
+        crop_scale=args.aug_crop_scale,
+        zoom_p=args.aug_zoom_p,
+        zoom_range=args.aug_zoom_range,
+        jitter=args.aug_jitter,
+    )
+    return TrainConfig(
+        arch=args.arch,
+        image_size=args.image_size,
+        resize=args.resize,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        lr_factor=args.lr_factor,
+        lr_patience=args.lr_patience,
+        plateau_after=args.plateau_after,
+        min_lr=args.min_lr,
+        threshold=args.threshold,
+        augment=augment,
+    )
+
+
+def eval_split_note(folds: dict[int, FoldData]) -> str:
+    """Which split the metrics come from, said plainly when val serves both model selection and evaluation."""
+    on_val = [f for f, d in folds.items() if d.eval_split == "val"]
+    if not on_val:
+        return "test_{fold}.csv of every fold (model selection on val_{fold}.csv)."
+    return (
+        f"val_{{fold}}.csv for fold(s) {on_val} (no test_{{fold}}.csv): the val split served BOTH model selection "
+        "and evaluation, so these numbers are optimistic."
+    )
+
+
+def undefined_label_warnings(folds: dict[int, FoldData], label_names: tuple[str, ...]) -> list[str]:
+    """Warnings for labels of an evaluated split without positives or negatives (their metrics are NaN)."""
+    warnings = []
+    for fold, data in folds.items():
+        missing = undefined_labels(data.evaluation.labels, label_names)
+        if missing["no_positives"]:
+            warnings.append(
+                f"fold {fold} {data.eval_split} split has no positives for {missing['no_positives']}: their Sen, "
+                "F1 (sen/spe), AUC and AP (and F1 when nothing is predicted positive) are NaN and left out of the "
+                "macro means."
+            )
+        if missing["no_negatives"]:
+            warnings.append(
+                f"fold {fold} {data.eval_split} split has no negatives for {missing['no_negatives']}: their Spe, "
+                "F1 (sen/spe) and AUC are NaN and left out of the macro means."
+            )
+    return warnings
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[Condition], tuple[str, ...], TrainConfig, Path | None, dict]:
+    """Everything checked before training: flags, conditions, labels, weight file, every fold and synthetic CSV."""
+    if not args.folds or not args.seeds:
+        raise ValueError("--folds and --seeds need at least one value each")
+    if len(set(args.folds)) != len(args.folds) or len(set(args.seeds)) != len(args.seeds):
+        raise ValueError("--folds and --seeds must not repeat values")
+    conditions = parse_conditions(args.conditions)
+    label_names = study_labels(args)
+    cfg = train_config(args)
+    weights = find_pretrained(args.arch, args.pretrained)
+    data_path = Path(args.data_path)
+    folds = {f: load_fold(data_path, f, label_names, conditions, args.eval_split) for f in args.folds}
+    return conditions, label_names, cfg, weights, folds
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Run (or resume) the study and write its results; returns {"out", "summary", "runs"}."""
+    out_dir = Path(args.out)
+    logger = create_logger("classify", out_dir)
+
+    # Validate everything first: a bad fold, CSV or image stops the study before any training.
+    try:
+        conditions, label_names, cfg, weights, folds = prepare(args)
+    except (ValueError, FileNotFoundError) as err:
+        logger.error(f"error: {err}")
+        raise SystemExit(f"classify.py: error: {err}") from err
+    device = pick_device(0, args.device)
+    logger.info(f"device {device}; labels {list(label_names)}; conditions {[c.spec() for c in conditions]}")
+    for fold, data in folds.items():
+        syn = {name: len(ds) for name, ds in data.synthetic.items()}
+        logger.info(
+            f"fold {fold}: {len(data.train)} real train, {len(data.val)} val, {len(data.evaluation)} evaluated "
+            f"({data.eval_split} split), synthetic {syn}"
+        )
+    split_note = eval_split_note(folds)
+    if any(d.eval_split == "val" for d in folds.values()):
+        logger.warning(f"WARNING: evaluated on {split_note}")
+    warnings = undefined_label_warnings(folds, label_names)
+    if args.arch == "tiny":
+        pretrained_note = "random initialisation (the tiny CNN has no ImageNet weights)."
+    elif weights is None:
+        pretrained_note = (
+            f"RANDOM INITIALISATION: no ImageNet weights found (put {args.arch}-*.pth in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or pass --pretrained FILE); not the paper's protocol."
+        )
+        warnings.insert(0, pretrained_note)
+    else:
+        pretrained_note = f"ImageNet weights from {weights}."
+    if pretrained_note not in warnings:
+        logger.info(f"classifier {args.arch}: {pretrained_note}")
+    for w in warnings:
+        logger.warning(f"WARNING: {w}")
+
+    if args.dry_run:
+        for c in conditions:
+            for fold, data in folds.items():
+                key = run_hash(cfg, weights, label_names, c, Path(args.data_path), data)
+                for seed in args.seeds:
+                    done = run_path(out_dir, c, fold, seed, key).is_file()
+                    logger.info(f"plan: {c.name} fold {fold} seed {seed}: {'finished' if done else 'to train'}")
+        return {"out": out_dir, "summary": [], "runs": []}
+
+    # Train (or resume) every run, then aggregate and test against the geometric baseline.
+    with logging_redirect_tqdm(loggers=[logger]):
+        records = run_study(
+            conditions,
+            folds,
+            args.seeds,
+            cfg,
+            label_names,
+            weights,
+            Path(args.data_path),
+            out_dir,
+            device,
+            logger,
+            num_workers=args.num_workers,
+            eval_batch_size=args.eval_batch_size,
+            resume=args.resume,
+        )
+    summaries = summarize(records, conditions, label_names, args.test, args.test_metric)
+    meta = {
+        "arch": args.arch,
+        "pretrained": weights is not None,
+        "pretrained_source": None if weights is None else str(weights),
+        "pretrained_note": pretrained_note,
+        "eval_split": {str(f): d.eval_split for f, d in folds.items()},
+        "eval_split_note": split_note,
+        "test": {"name": args.test, "description": TEST_DESCRIPTIONS[args.test], "metric": args.test_metric},
+        "aggregate": "mean and sample standard deviation (ddof = 1) over folds x seeds",
+        "n_folds": len(folds),
+        "n_seeds": len(args.seeds),
+        "folds": list(folds),
+        "seeds": list(args.seeds),
+        "conditions": [c.spec() for c in conditions],
+        "device": str(device),
+        "train_config": asdict(cfg),
+        "args": dict(vars(args)),
+        "warnings": warnings,
+    }
+    paths = write_results(out_dir, records, summaries, label_names, meta)
+    logger.info("results (percent, mean ± std over runs):\n" + markdown_table(summaries))
+    logger.info(f"wrote {', '.join(str(p) for p in paths)}")
+    return {"out": out_dir, "summary": summaries, "runs": records}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-path", type=str, required=True, help="real dataset root with {train,val,test}_{fold}.csv")
+    add_dataset_arguments(p)
+    p.add_argument("--folds", type=int, nargs="+", default=[0], help="folds to run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per fold")
+    p.add_argument(
+        "--conditions",
+        type=str,
+        nargs="+",
+        default=["geometric", "noaug"],
+        help=f"training conditions: {SYNTAX}; DIR holds train_syn_{{fold}}.csv and may contain '{{fold}}'",
+    )
+    p.add_argument("--out", type=str, default="results_classify", help="output folder (results, runs/, log.txt)")
+    p.add_argument("--arch", type=str, choices=ARCHS, default="resnet50", help="classifier (tiny: CPU tests/demos)")
+    p.add_argument(
+        "--pretrained",
+        type=str,
+        default="auto",
+        help="ImageNet weights: 'auto' (torchvision cache $TORCH_HOME/hub/checkpoints/{arch}-*.pth if present, "
+        "else random init), 'none' (random init) or a .pth file; never downloaded",
+    )
+    p.add_argument("--image-size", type=int, default=448, help="network input side in pixels")
+    p.add_argument("--resize", type=str, choices=RESIZE_MODES, default="resize", help="how images reach that size")
+    p.add_argument("--epochs", type=int, default=80, help="maximum number of epochs")
+    p.add_argument("--batch-size", type=int, default=8, help="training batch size")
+    p.add_argument("--eval-batch-size", type=int, default=32, help="batch size of validation/evaluation passes")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial SGD learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    p.add_argument("--lr-factor", type=float, default=0.5, help="plateau schedule: learning-rate multiplier")
+    p.add_argument("--lr-patience", type=int, default=5, help="plateau schedule: epochs without val-mAP gain")
+    p.add_argument("--plateau-after", type=int, default=5, help="the schedule steps only once epoch > this")
+    p.add_argument("--min-lr", type=float, default=1e-7, help="stop training once the learning rate is below this")
+    p.add_argument("--threshold", type=float, default=0.5, help="sigmoid score >= threshold predicts a label")
+    p.add_argument("--aug-rotation", type=float, default=360.0, help="geometric aug: rotation in [0, this] degrees")
+    p.add_argument("--aug-flip-p", type=float, default=0.5, help="geometric aug: horizontal-flip probability")
+    p.add_argument("--aug-crop-p", type=float, default=0.4, help="geometric aug: random-crop probability")
+    p.add_argument("--aug-crop-scale", type=float, default=0.7, help="geometric aug: smallest crop area fraction")
+    p.add_argument("--aug-zoom-p", type=float, default=0.5, help="geometric aug: zoom probability")
+    p.add_argument("--aug-zoom-range", type=float, default=0.2, help="geometric aug: zoom factor in 1 +- this")
+    p.add_argument("--aug-jitter", type=float, default=0.3, help="geometric aug: brightness/contrast/colour 1 +- this")
+    p.add_argument(
+        "--eval-split", type=str, choices=EVAL_SPLITS, default="auto", help="auto: test_{fold}.csv if present, else val"
+    )
+    p.add_argument("--test", type=str, choices=TESTS, default="ttest", help="paired test against geometric aug")
+    p.add_argument(
+        "--test-metric",
+        type=str,
+        choices=METRIC_NAMES,
+        default="mAP",
+        help="per-run macro metric the paired test compares (mAP: threshold-free, the model-selection metric)",
+    )
+    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers")
+    p.add_argument("--device", type=str, default=None, help="device, e.g. cpu or cuda:0 (default: CUDA if available)")
+    p.add_argument(
+        "--resume", action=argparse.BooleanOptionalAction, default=True, help="reuse finished runs from --out/runs"
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate the data, list the runs to do, train nothing")
+    return p
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

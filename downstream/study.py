@@ -1,0 +1,174 @@
+"""The study loop: every (condition, fold, seed) run, each stored as its own small JSON so a rerun resumes.
+
+A run's file name carries a hash of everything that decides its outcome (protocol settings, weight file, label
+names, condition, data folders and the bytes of every CSV it reads), so changed settings or data are retrained,
+never silently reused. Device and worker count are left out: they do not change what is being measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from downstream.conditions import Condition
+from downstream.metrics import macro_average, per_label_metrics
+from downstream.splits import FoldData
+from downstream.training import TrainConfig, run_training
+from infra.atomic_io import atomic_write_text
+
+RUNS_DIR = "runs"
+# Bump when the meaning of a stored run changes, so old run files are not reused.
+RUN_FORMAT = 1
+
+
+def weights_id(weights: Path | None) -> str | None:
+    """Identity of a weight file for hashing: its name and size (not its folder, so a moved cache still matches)."""
+    return None if weights is None else f"{weights.name}:{weights.stat().st_size}"
+
+
+def run_hash(
+    cfg: TrainConfig,
+    weights: Path | None,
+    label_names: tuple[str, ...],
+    condition: Condition,
+    data_path: Path,
+    fold_data: FoldData,
+) -> str:
+    """12 hex digits identifying what one (condition, fold) run learns from; the seed is kept in the file name."""
+    payload = {
+        "format": RUN_FORMAT,
+        "train": asdict(cfg),
+        "weights": weights_id(weights),
+        "labels": list(label_names),
+        "kind": condition.kind,
+        "data_path": str(data_path.resolve()),
+        "sample_dir": None if condition.sample_dir is None else str(condition.folder(fold_data.fold).resolve()),
+        "eval_split": fold_data.eval_split,
+        "csv_sha256": fold_data.fingerprint(condition),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_path(out_dir: Path, condition: Condition, fold: int, seed: int, key: str) -> Path:
+    """`{out}/runs/{condition}_fold{fold}_seed{seed}_{hash}.json` (condition name made file-safe)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", condition.name)
+    return out_dir / RUNS_DIR / f"{safe}_fold{fold}_seed{seed}_{key}.json"
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if x != x else float(x)
+
+
+def _fmt(x: float | None) -> str:
+    return "nan" if x is None else f"{x:.4f}"
+
+
+def run_one(
+    condition: Condition,
+    fold_data: FoldData,
+    seed: int,
+    cfg: TrainConfig,
+    label_names: tuple[str, ...],
+    weights: Path | None,
+    device: torch.device,
+    num_workers: int,
+    eval_batch_size: int,
+    logger: logging.Logger,
+) -> dict:
+    """Train and evaluate one run; returns its record (macro and per-label metrics, history, sizes)."""
+    fold = fold_data.fold
+    desc = f"[{condition.name} fold {fold} seed {seed}]"
+    train_sets = fold_data.train_sets(condition)
+    start = time.time()
+    outcome = run_training(
+        cfg,
+        train_sets,
+        condition.augment,
+        fold_data.val,
+        fold_data.evaluation,
+        seed,
+        device,
+        weights,
+        num_workers,
+        eval_batch_size,
+        logger,
+        desc,
+    )
+    per_label = per_label_metrics(outcome.labels, outcome.scores, cfg.threshold)
+    macro = macro_average(per_label)
+    return {
+        "condition": condition.name,
+        "display_name": condition.display_name,
+        "kind": condition.kind,
+        "sample_dir": None if condition.sample_dir is None else str(condition.folder(fold)),
+        "fold": fold,
+        "seed": seed,
+        "eval_split": fold_data.eval_split,
+        "n_train_real": len(fold_data.train),
+        "n_train_synthetic": sum(len(ds) for ds in train_sets[1:]),
+        "n_val": len(fold_data.val),
+        "n_eval": len(fold_data.evaluation),
+        "best_epoch": outcome.best_epoch,
+        "epochs_run": len(outcome.history),
+        "best_val_mAP": _finite_or_none(outcome.best_val_map),
+        "seconds": round(time.time() - start, 2),
+        "metrics": {k: _finite_or_none(v) for k, v in macro.items()},
+        "per_label": {m: dict(zip(label_names, map(_finite_or_none, v))) for m, v in per_label.items()},
+        "history": [{k: _finite_or_none(v) if k == "val_mAP" else v for k, v in h.items()} for h in outcome.history],
+    }
+
+
+def run_study(
+    conditions: list[Condition],
+    folds: dict[int, FoldData],
+    seeds: list[int],
+    cfg: TrainConfig,
+    label_names: tuple[str, ...],
+    weights: Path | None,
+    data_path: Path,
+    out_dir: Path,
+    device: torch.device,
+    logger: logging.Logger,
+    num_workers: int = 0,
+    eval_batch_size: int = 32,
+    resume: bool = True,
+) -> list[dict]:
+    """Every (condition, fold, seed) run, loading finished ones from `{out}/runs/` instead of retraining them.
+
+    Returns:
+        The run records in (condition, fold, seed) order; each also carries its "config_hash".
+    """
+    records = []
+    total = len(conditions) * len(folds) * len(seeds)
+    done = 0
+    for condition in conditions:
+        for fold, fold_data in folds.items():
+            key = run_hash(cfg, weights, label_names, condition, data_path, fold_data)
+            for seed in seeds:
+                done += 1
+                path = run_path(out_dir, condition, fold, seed, key)
+                if resume and path.is_file():
+                    logger.info(f"run {done}/{total} {condition.name} fold {fold} seed {seed}: resumed from {path}")
+                    records.append(json.loads(path.read_text()))
+                    continue
+                logger.info(f"run {done}/{total} {condition.name} fold {fold} seed {seed}: training (key {key})")
+                record = run_one(
+                    condition, fold_data, seed, cfg, label_names, weights, device, num_workers, eval_batch_size, logger
+                )
+                record["config_hash"] = key
+                atomic_write_text(path, json.dumps(record, indent=1))
+                m = record["metrics"]
+                logger.info(
+                    f"run {done}/{total} {condition.name} fold {fold} seed {seed}: best epoch {record['best_epoch']}, "
+                    f"{fold_data.eval_split} mAP {_fmt(m['mAP'])}, F1 {_fmt(m['F1'])} ({record['seconds']:.1f} s) "
+                    f"-> {path}"
+                )
+                records.append(record)
+    return records

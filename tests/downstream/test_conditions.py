@@ -1,0 +1,43 @@
+"""Condition syntax of --conditions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from downstream.conditions import Condition, parse_condition, parse_conditions, table_order
+
+
+def test_parse_each_form():
+    assert parse_condition("noaug") == Condition("noaug", "noaug")
+    assert parse_condition("geometric").display_name == "Baseline (Geometric Aug)"
+    named = parse_condition("synthetic:GeCA-S=out/GeCA-S-GS-fold-0")
+    assert (named.name, named.kind, named.sample_dir) == ("GeCA-S", "synthetic", "out/GeCA-S-GS-fold-0")
+    bare = parse_condition("synthetic:some/dir/LDM-B-run/")
+    assert bare.name == "LDM-B-run" and bare.augment
+    # '=' inside a path (a separator before it) is part of the folder, not a name.
+    odd = parse_condition("synthetic:a/b=c")
+    assert (odd.name, odd.sample_dir) == ("b=c", "a/b=c")
+    assert parse_condition(named.spec()) == named
+    assert not parse_condition("noaug").augment
+
+
+def test_fold_placeholder():
+    c = parse_condition("synthetic:X=samples/X-fold-{fold}-seed-0")
+    assert c.folder(3) == Path("samples/X-fold-3-seed-0")
+
+
+@pytest.mark.parametrize(
+    "text", ["foo", "synthetic", "synthetic:", "synthetic:X=", "geometric:dir", "synthetic:noaug=d"]
+)
+def test_bad_syntax_is_rejected(text):
+    with pytest.raises(ValueError, match="--conditions"):
+        parse_condition(text)
+
+
+def test_duplicates_and_order():
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_conditions(["geometric", "synthetic:a/run", "synthetic:b/run"])
+    order = table_order(parse_conditions(["synthetic:S=d", "noaug", "geometric"]))
+    assert [c.name for c in order] == ["geometric", "noaug", "S"]
