@@ -56,3 +56,14 @@ def test_unwrap_model_through_compile_wrapper():
     net = torch.nn.Linear(2, 2)
     assert unwrap_model(net) is net
     assert unwrap_model(torch.compile(net)) is net
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_np_save(tmp_path / "y.npy", np.zeros(2))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "y.npy").stat().st_mode & 0o777 == 0o644
