@@ -1,0 +1,546 @@
+"""The embedded phantom dataset (SPEC C5): procedural OCT B-scans and fundus photographs whose visible structures
+depend on their labels, written in the reference's fold-CSV layout (SPEC 2.1).
+
+A stand-in for plumbing tests and relative comparisons, not a substitute for clinical data.
+
+    python -m data.phantoms --kind oct --out data_local/oct_phantom --num-images 600 --folds 5 --size 64 --seed 0
+    python -m data.phantoms --kind fundus --out data_local/retina_phantom --num-images 400 --size 64 --retinamnist-npz
+
+Layout: `{out}/images/{i:06d}.png`, `{out}/master.csv` (all rows) and `{out}/{train,val[,test]}_{k}.csv` with an
+index column, `client_id`, `filename`, the label columns (OCT: NOR..RVO; fundus: '0'..'4'), `patient_name`.
+Every image is drawn from its own random stream seeded by (seed, index), so any image can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from data.datasets import RETINAMNIST_NPZ
+from data.labels import OCT_LABELS, RETINAMNIST_LABELS
+from data.make_folds import make_folds, split_counts, write_folds
+from infra.atomic_io import atomic_write, atomic_write_text
+
+PHANTOM_KINDS = ("oct", "fundus")
+IMAGES_PER_PATIENT = 2
+# Side of the images stored in the RetinaMNIST-shaped npz (MedMNIST+ 224 release).
+NPZ_SIZE = 224
+
+# --------------------------------------------------------------------------------------------------------------------
+# OCT labels: prevalence skewed like clinical data (NOR common, CNV/RVO rare) with typical co-occurrences.
+
+_OCT_INDEX = {name: k for k, name in enumerate(OCT_LABELS)}
+P_NORMAL = 0.4
+# Primary diagnosis of an abnormal scan and its probability.
+_PRIMARY = {"AMD": 0.26, "DR": 0.24, "WAMD": 0.16, "MEM": 0.12, "CSC": 0.1, "RVO": 0.07, "CNV": 0.05}
+# P(secondary label | primary) for the co-occurrences seen clinically.
+_SECONDARY = {
+    "AMD": {"PED": 0.25, "FLD": 0.1, "MEM": 0.05},
+    "WAMD": {"CNV": 0.35, "FLD": 0.55, "PED": 0.35, "EXU": 0.15},
+    "DR": {"FLD": 0.45, "EXU": 0.4, "MEM": 0.1},
+    "CSC": {"FLD": 0.3, "PED": 0.3},
+    "RVO": {"FLD": 0.6, "EXU": 0.2},
+    "MEM": {"FLD": 0.15},
+    "CNV": {"FLD": 0.4, "EXU": 0.2},
+}
+
+
+def sample_oct_labels(rng: np.random.Generator) -> np.ndarray:
+    """One multi-hot OCT label vector: NOR alone with probability P_NORMAL, else a primary disease plus co-occurring
+    findings.
+
+    Returns:
+        (11,) int64 in OCT_LABELS order; never all zero, NOR never with another label.
+    """
+    labels = np.zeros(len(OCT_LABELS), dtype=np.int64)
+    if rng.random() < P_NORMAL:
+        labels[_OCT_INDEX["NOR"]] = 1
+        return labels
+    names, probs = list(_PRIMARY), np.array(list(_PRIMARY.values()))
+    primary = names[rng.choice(len(names), p=probs / probs.sum())]
+    labels[_OCT_INDEX[primary]] = 1
+    for name, p in _SECONDARY[primary].items():
+        if rng.random() < p:
+            labels[_OCT_INDEX[name]] = 1
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# OCT drawing. Depth runs down the rows (y), the B-scan across the columns (x). Retinal layers are bands between
+# boundary curves; lesions move boundaries (thickening, elevations) or paint shapes on top, then speckle is applied.
+
+# Layers from the vitreous side: name, thickness (fraction of the image height), reflectivity in [0, 1].
+_LAYERS = (
+    ("RNFL", 0.035, 0.78),
+    ("GCL", 0.05, 0.5),
+    ("INL", 0.03, 0.24),
+    ("OPL", 0.025, 0.52),
+    ("ONL", 0.05, 0.17),
+    ("ELM", 0.012, 0.32),
+    ("ISOS", 0.015, 0.85),
+    ("OS", 0.015, 0.3),
+    ("RPE", 0.022, 0.96),
+    ("CHO", 0.12, 0.55),
+)
+_L = {name: k for k, (name, _, _) in enumerate(_LAYERS)}
+_VITREOUS, _SCLERA = 0.03, 0.14
+
+
+def _streams(seed: np.random.SeedSequence, n: int) -> list[np.random.Generator]:
+    """`n` independent generators derived from `seed` without mutating it (unlike SeedSequence.spawn)."""
+    keys = [
+        np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, k), pool_size=seed.pool_size) for k in range(n)
+    ]
+    return [np.random.default_rng(k) for k in keys]
+
+
+def _bump(x: np.ndarray, center: float, width: float, power: float = 1.0) -> np.ndarray:
+    """A smooth dome of height 1 at `center`, zero beyond +-width: (1 - d^2)^power."""
+    d = (x - center) / width
+    return np.clip(1.0 - d * d, 0.0, None) ** power
+
+
+def _ellipses(
+    yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, ry: np.ndarray, rx: np.ndarray
+) -> np.ndarray:
+    """(H, W) boolean union of axis-aligned ellipses (all arguments of the centres/radii are (n,))."""
+    if len(cy) == 0:
+        return np.zeros(yy.shape, dtype=bool)
+    d = ((yy[None] - cy[:, None, None]) / ry[:, None, None]) ** 2 + (
+        (xx[None] - cx[:, None, None]) / rx[:, None, None]
+    ) ** 2
+    return (d <= 1.0).any(axis=0)
+
+
+def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.ndarray:
+    """One OCT-like B-scan.
+
+    The seed is split into independent streams for the anatomy, the speckle and each label, so switching one label
+    on changes only that label's structure.
+
+    Args:
+        labels: (11,) 0/1 in OCT_LABELS order.
+        size: image side S in pixels.
+        seed: the image's seed sequence.
+
+    Returns:
+        (S, S, 3) uint8 grey image.
+    """
+    base, speckle, *per_label = _streams(seed, 2 + len(OCT_LABELS))
+    lesion = dict(zip(OCT_LABELS, per_label))
+    on = {name: bool(labels[k]) for k, name in enumerate(OCT_LABELS)}
+    S = size
+    u = (np.arange(S) + 0.5) / S  # (W,) column position in [0, 1]
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
+
+    # Anatomy: a curved, tilted retina with a foveal pit.
+    thick = np.array([t for _, t, _ in _LAYERS])[:, None] * S * np.ones((1, S))  # (L, W) pixels
+    thick *= base.uniform(0.9, 1.1, size=(len(_LAYERS), 1))
+    x0, fovea = base.uniform(0.4, 0.6), base.uniform(0.42, 0.58)
+    anchor = S * (
+        base.uniform(0.56, 0.62) - base.uniform(0.15, 0.35) * (u - x0) ** 2 + base.uniform(-0.06, 0.06) * (u - 0.5)
+    )
+    anchor += S * 0.006 * np.sin(2 * np.pi * (base.uniform(0.5, 1.5) * u + base.uniform(0, 1)))
+    pit = np.exp(-(((u - fovea) / base.uniform(0.1, 0.14)) ** 2))
+    for name in ("RNFL", "GCL", "INL", "OPL"):
+        thick[_L[name]] *= 1.0 - 0.8 * pit
+    thick[_L["RNFL"]] *= 1.0 + 0.5 * np.clip(u - fovea, 0, None)  # thicker towards the optic nerve side
+    thick[_L["ONL"]] *= 1.0 + 0.35 * pit
+    refl = np.array([r for _, _, r in _LAYERS])[:, None] * np.ones((1, S))  # (L, W)
+
+    # Lesions that change thickness or reflectivity of whole layers.
+    if on["DR"]:  # diabetic retinopathy: slightly thickened inner retina
+        thick[_L["GCL"] : _L["OPL"] + 1] *= lesion["DR"].uniform(1.2, 1.35)
+    if on["RVO"]:  # vein occlusion: diffuse, sectoral oedema (thick, hyporeflective inner retina)
+        r = lesion["RVO"]
+        side = 1 / (1 + np.exp(-(u - r.uniform(0.3, 0.7)) / 0.04))
+        sector = side if r.random() < 0.5 else 1 - side
+        for name in ("GCL", "INL", "OPL", "ONL"):
+            thick[_L[name]] *= 1 + r.uniform(0.7, 1.0) * sector
+            refl[_L[name]] *= 1 - 0.45 * sector
+    if on["WAMD"]:  # wet AMD: thick, fragmented RPE and disrupted outer retina
+        r = lesion["WAMD"]
+        c, w = r.uniform(0.35, 0.65), r.uniform(0.15, 0.25)
+        region = _bump(u, c, w, 0.5)
+        thick[_L["RPE"]] *= 1 + 1.6 * region
+        thick[_L["OS"] : _L["RPE"]] *= 1 + 0.8 * region
+        gaps = np.repeat(r.random(max(S // 4, 1)) < 0.45, 4)[:S]
+        refl[_L["RPE"]] = np.where(gaps & (region > 0.2), 0.35, refl[_L["RPE"]])
+        refl[_L["ISOS"]] *= 1 - 0.7 * region
+    if on["CNV"]:  # choroidal neovascularisation thickens the outer retina around the lesion
+        thick[_L["OS"]] *= 1 + 0.8 * _bump(u, 0.5, 0.25)
+
+    # Boundary curves: B[j] is the top of layer j, B[L] the bottom of the choroid; ELM's top follows the anchor.
+    bounds = np.concatenate([np.zeros((1, S)), np.cumsum(thick, axis=0)])
+    bounds += anchor - bounds[_L["ELM"]]
+    fills: list[tuple[np.ndarray, np.ndarray, float]] = []  # bands painted over the layers: (top, bottom, value)
+
+    def lift(boundary: int, height: np.ndarray, value: float) -> None:
+        """Raise everything above `boundary` by `height` (pixels, (W,)) and fill the gap left below it."""
+        fills.append((bounds[boundary] - height, bounds[boundary].copy(), value))
+        bounds[: boundary + 1] -= height
+
+    bruch = _L["RPE"] + 1
+    if on["AMD"]:  # drusen: small mounds under the RPE filled with medium-bright material
+        r = lesion["AMD"]
+        n = r.integers(3, 7)
+        mounds = sum(
+            r.uniform(0.02, 0.04) * S * _bump(u, r.uniform(0.2, 0.8), r.uniform(0.03, 0.05), 0.7) for _ in range(n)
+        )
+        lift(bruch, mounds, 0.45)
+    if on["PED"]:  # pigment-epithelium detachment: one dome raising the RPE over a dark space
+        r = lesion["PED"]
+        lift(bruch, r.uniform(0.06, 0.1) * S * _bump(u, r.uniform(0.35, 0.65), r.uniform(0.07, 0.11), 0.6), 0.08)
+    if on["CSC"]:  # central serous chorioretinopathy: neurosensory retina lifted off the RPE by dark fluid
+        r = lesion["CSC"]
+        lift(_L["RPE"], r.uniform(0.05, 0.08) * S * _bump(u, r.uniform(0.4, 0.6), r.uniform(0.12, 0.18), 0.5), 0.03)
+
+    # Render the layers: index 0 is the vitreous, 1..L the layers, L+1 the sclera.
+    layer_index = (yy[None] >= bounds[:, None, :]).sum(axis=0)  # (H, W) in 0..L+1
+    values = np.concatenate([np.full((1, S), _VITREOUS), refl, np.full((1, S), _SCLERA)])  # (L+2, W)
+    img = np.take_along_axis(values, layer_index, axis=0)
+    choroid = layer_index == _L["CHO"] + 1
+    texture = gaussian_filter(base.standard_normal((S, S)), sigma=max(S / 40, 0.6))
+    img = np.where(choroid, img * (1 + 1.2 * texture), img)
+    for top, bottom, value in fills:
+        img = np.where((yy >= top[None]) & (yy < bottom[None]), value, img)
+
+    # Lesions painted on top of the layers.
+    inner_mid = 0.5 * (bounds[_L["INL"]] + bounds[_L["OPL"] + 1])  # (W,) middle of INL..OPL
+    if on["FLD"]:  # intraretinal fluid: dark cystoid pockets in the inner/outer nuclear layers
+        r = lesion["FLD"]
+        n = r.integers(2, 5)
+        cx = r.uniform(0.3, 0.7, n) * S
+        col = np.clip(cx.astype(int), 0, S - 1)
+        cy = 0.5 * (bounds[_L["INL"], col] + bounds[_L["ELM"], col])
+        ry, rx = r.uniform(0.025, 0.045, n) * S, r.uniform(0.04, 0.08, n) * S
+        img = np.where(_ellipses(yy, xx, cy, cx, np.maximum(ry, 0.8), np.maximum(rx, 1.0)), 0.02, img)
+    if on["DR"]:  # small hyperreflective foci in the inner retina
+        r = lesion["DR"]
+        n = r.integers(4, 8)
+        cx = r.uniform(0.15, 0.85, n) * S
+        cy = inner_mid[np.clip(cx.astype(int), 0, S - 1)] + r.uniform(-0.01, 0.01, n) * S
+        rad = np.full(n, max(0.012 * S, 0.7))
+        img = np.where(_ellipses(yy, xx, cy, cx, rad, rad), 0.97, img)
+    if on["EXU"]:  # hard exudates: larger bright deposits in the outer plexiform layer, shadowing below
+        r = lesion["EXU"]
+        n = r.integers(3, 7)
+        cx = r.uniform(0.25, 0.75, n) * S
+        col = np.clip(cx.astype(int), 0, S - 1)
+        cy = bounds[_L["OPL"] + 1, col]
+        rad = np.maximum(r.uniform(0.02, 0.03, n) * S, 1.0)
+        dots = _ellipses(yy, xx, cy, cx, rad, rad)
+        shadow = (np.abs(xx[None] - cx[:, None, None]) < rad[:, None, None]) & (yy[None] > cy[:, None, None])
+        img = np.where(shadow.any(axis=0), img * 0.55, img)
+        img = np.where(dots, 1.0, img)
+    if on["CNV"]:  # fibrovascular lesion: irregular bright mass above the RPE casting a shadow
+        r = lesion["CNV"]
+        cx, w = r.uniform(0.4, 0.6) * S, r.uniform(0.06, 0.1) * S
+        rpe_top = bounds[_L["RPE"]][None, :]
+        h = r.uniform(0.04, 0.07) * S * (1 + 0.3 * gaussian_filter(r.standard_normal(S), 1.5))[None, :]
+        mass = (
+            (np.abs(xx - cx) < w)
+            & (yy < rpe_top + 0.02 * S)
+            & (yy > rpe_top - h * np.sqrt(np.clip(1 - ((xx - cx) / w) ** 2, 0, None)))
+        )
+        below = (np.abs(xx - cx) < w) & (yy > rpe_top + 0.02 * S)
+        img = np.where(below, img * 0.45, img)
+        img = np.where(mass, 0.82, img)
+    if on["WAMD"]:  # subretinal hyperreflective material over the damaged RPE
+        r = lesion["WAMD"]
+        cx = r.uniform(0.4, 0.6, 2) * S
+        col = np.clip(cx.astype(int), 0, S - 1)
+        cy = bounds[_L["OS"], col]
+        img = np.where(_ellipses(yy, xx, cy, cx, np.full(2, 0.025 * S), r.uniform(0.05, 0.09, 2) * S), 0.7, img)
+    if on["MEM"]:  # epiretinal membrane: bright wrinkled line just above the retinal surface
+        r = lesion["MEM"]
+        start, stop = sorted(r.uniform(0.05, 0.95, 2))
+        stop = max(stop, start + 0.45)
+        gap = S * (r.uniform(0.012, 0.02) + 0.005 * np.sin(2 * np.pi * r.uniform(3, 6) * u + r.uniform(0, 6.3)))
+        line = bounds[0] - gap
+        inside = (u >= start) & (u <= stop)
+        band = (yy >= line[None] - max(0.012 * S, 0.6)) & (yy < line[None] + max(0.012 * S, 0.6)) & inside[None]
+        img = np.where(band, 0.98, img)
+
+    # Acquisition: slight blur, depth attenuation, multiplicative speckle, additive noise, log-like compression.
+    img = gaussian_filter(img, sigma=max(S / 200, 0.4))
+    img *= np.exp(-0.6 * np.clip(yy - bounds[0][None], 0, None) / S)
+    grain = gaussian_filter(speckle.gamma(5.0, 1 / 5.0, size=(S, S)), sigma=max(S / 200, 0.45))
+    img = img * grain / grain.mean() + speckle.normal(0.0, 0.012, size=(S, S))
+    img = np.clip(img, 0.0, 1.0) ** 0.8
+    grey = (img * 255.0 + 0.5).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fundus photographs: diabetic-retinopathy grades 0..4 (RetinaMNIST classes) with lesions growing with the grade.
+
+# Grade frequencies of RetinaMNIST's training split (486, 128, 206, 194, 66 of 1080 images).
+GRADE_PROBS = np.array([486, 128, 206, 194, 66]) / 1080
+# Lesion counts per grade: microaneurysms, haemorrhages, hard exudates, cotton-wool spots, new-vessel tufts.
+_LESIONS_PER_GRADE = np.array([[0, 0, 0, 0, 0], [4, 0, 0, 0, 0], [8, 2, 3, 0, 0], [12, 6, 8, 2, 0], [16, 9, 12, 3, 3]])
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float], alpha: float = 1.0) -> np.ndarray:
+    """Blend `colour` into the (H, W, 3) image where the (H, W) soft `mask` (0..1) is set."""
+    m = (alpha * np.clip(mask, 0.0, 1.0))[:, :, None]
+    return img * (1 - m) + m * np.asarray(colour)[None, None, :]
+
+
+def _discs(yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, rad: np.ndarray) -> np.ndarray:
+    """Soft (H, W) union of discs (one pixel of anti-aliasing)."""
+    if len(cy) == 0:
+        return np.zeros(yy.shape)
+    d = np.sqrt((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2) - rad[:, None, None]
+    return np.clip(0.5 - d, 0.0, 1.0).max(axis=0)
+
+
+def _polyline_points(
+    rng: np.random.Generator, start: np.ndarray, angle: float, length: float, bend: float, n: int
+) -> np.ndarray:
+    """(n, 2) points of a gently curving vessel from `start` (y, x) in direction `angle`."""
+    t = np.linspace(0.0, 1.0, n)
+    heading = angle + bend * t + 0.15 * np.cumsum(rng.normal(0.0, 0.1, n))
+    steps = np.stack([np.sin(heading), np.cos(heading)], axis=1) * (length / n)
+    return start[None, :] + np.cumsum(steps, axis=0)
+
+
+def draw_fundus(grade: int, size: int, seed: np.random.SeedSequence) -> np.ndarray:
+    """One fundus-like photograph of diabetic-retinopathy `grade` (0..4).
+
+    Args:
+        grade: RetinaMNIST class.
+        size: image side S in pixels.
+        seed: the image's seed sequence (anatomy and lesions use separate streams).
+
+    Returns:
+        (S, S, 3) uint8 RGB image.
+    """
+    base, les, noise = _streams(seed, 3)
+    S = size
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
+    c = np.array([S / 2, S / 2])
+    radius = 0.47 * S
+    r = np.sqrt((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / radius
+
+    # Background: orange-red fundus with vignetting, choroidal texture and a darker macula.
+    tint = np.array([0.85, 0.36, 0.14]) * base.uniform(0.85, 1.1, 3)
+    texture = 1 + 0.08 * gaussian_filter(base.standard_normal((S, S)), S / 30)
+    img = tint[None, None, :] * (1 - 0.45 * r[:, :, None] ** 2) * texture[:, :, None]
+    side = 1.0 if base.random() < 0.5 else -1.0
+    disc = c + np.array([base.uniform(-0.04, 0.04), side * base.uniform(0.22, 0.28)]) * S
+    macula = c + np.array([base.uniform(-0.03, 0.03), -side * base.uniform(0.02, 0.06)]) * S
+    dm = np.sqrt((yy - macula[0]) ** 2 + (xx - macula[1]) ** 2) / (0.12 * S)
+    img *= (1 - 0.35 * np.exp(-(dm**2)))[:, :, None]
+
+    # Vessel tree: four arcades leaving the optic disc around the macula, each with two branches.
+    points, widths = [], []
+    for k, angle in enumerate((-0.6, 0.6, np.pi + 0.6, np.pi - 0.6)):
+        toward = angle if side < 0 else np.pi - angle
+        main = _polyline_points(base, disc, toward, base.uniform(0.45, 0.6) * S, 0.9 * (1 if k % 2 else -1), 40)
+        points.append(main)
+        widths.append(np.linspace(0.018, 0.008, 40) * S)
+        for _ in range(2):
+            at = base.integers(8, 30)
+            branch = _polyline_points(
+                base, main[at], toward + base.uniform(-1.0, 1.0), base.uniform(0.15, 0.3) * S, 0.0, 20
+            )
+            points.append(branch)
+            widths.append(np.linspace(0.01, 0.005, 20) * S)
+    pts, wid = np.concatenate(points), np.maximum(np.concatenate(widths), 0.45)
+    vessels = _discs(yy, xx, pts[:, 0], pts[:, 1], wid)
+    img = _paint(img, vessels, (0.5, 0.1, 0.06), 0.85)
+    dd = np.sqrt((yy - disc[0]) ** 2 + (xx - disc[1]) ** 2) / (0.075 * S)
+    img = _paint(img, np.clip(1.2 - dd, 0, 1), (1.0, 0.88, 0.6))
+    img = _paint(img, np.clip(1.0 - 2.2 * dd, 0, 1), (1.0, 0.97, 0.85))
+
+    # Lesions growing with the grade, scattered over the posterior pole.
+    micro, haem, exud, cotton, tufts = _LESIONS_PER_GRADE[grade] + les.integers(0, 2, 5) * (
+        _LESIONS_PER_GRADE[grade] > 0
+    )
+
+    def spots(n: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+        ang, dist = les.uniform(0, 2 * np.pi, n), np.sqrt(les.random(n)) * spread * S
+        return macula[0] + dist * np.sin(ang), macula[1] + dist * np.cos(ang)
+
+    cy, cx = spots(haem, 0.33)
+    img = _paint(img, _discs(yy, xx, cy, cx, les.uniform(0.02, 0.04, haem) * S), (0.35, 0.04, 0.03), 0.9)
+    cy, cx = spots(micro, 0.33)
+    img = _paint(img, _discs(yy, xx, cy, cx, np.full(micro, max(0.01 * S, 0.7))), (0.4, 0.03, 0.03))
+    cy, cx = spots(exud, 0.22)
+    img = _paint(img, _discs(yy, xx, cy, cx, np.maximum(les.uniform(0.01, 0.018, exud) * S, 0.7)), (1.0, 0.92, 0.35))
+    cy, cx = spots(cotton, 0.3)
+    soft = gaussian_filter(_discs(yy, xx, cy, cx, les.uniform(0.025, 0.035, cotton) * S), max(S / 100, 0.5))
+    img = _paint(img, 1.5 * soft, (0.95, 0.93, 0.85), 0.8)
+    for _ in range(tufts):  # neovascularisation: tangles of thin vessels near the disc
+        start = disc + les.normal(0, 0.05 * S, 2)
+        tangle = np.concatenate(
+            [_polyline_points(les, start, les.uniform(0, 6.3), 0.12 * S, 6.0, 25) for _ in range(3)]
+        )
+        img = _paint(
+            img,
+            _discs(yy, xx, tangle[:, 0], tangle[:, 1], np.full(len(tangle), max(0.004 * S, 0.45))),
+            (0.55, 0.08, 0.08),
+            0.9,
+        )
+
+    # Camera: black outside the field of view, slight blur and noise.
+    img *= np.clip((1 - r) * S * 0.5, 0, 1)[:, :, None]
+    img = gaussian_filter(img, sigma=(max(S / 256, 0.4), max(S / 256, 0.4), 0))
+    img = img + noise.normal(0.0, 0.015, img.shape)
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dataset writer.
+
+
+def image_seed(seed: int, index: int) -> np.random.SeedSequence:
+    """The seed sequence of image `index` of a phantom set made with `seed`."""
+    return np.random.SeedSequence([seed, 0, index])
+
+
+def patient_labels(kind: str, seed: int, patient: int) -> np.ndarray:
+    """The label vector shared by every image of one phantom patient ((11,) multi-hot OCT or (5,) one-hot)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, patient]))
+    if kind == "oct":
+        return sample_oct_labels(rng)
+    onehot = np.zeros(len(RETINAMNIST_LABELS), dtype=np.int64)
+    onehot[rng.choice(len(RETINAMNIST_LABELS), p=GRADE_PROBS)] = 1
+    return onehot
+
+
+def draw_phantom(kind: str, labels: np.ndarray, size: int, seed: int, index: int) -> np.ndarray:
+    """Image `index` of a phantom set: (S, S, 3) uint8, drawn from its own stream seeded by (seed, index)."""
+    if kind == "oct":
+        return draw_oct(labels, size, image_seed(seed, index))
+    return draw_fundus(int(labels.argmax()), size, image_seed(seed, index))
+
+
+def make_phantom_images(kind: str, num_images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a phantom set in memory (the images make_phantom_dataset writes).
+
+    Args:
+        kind: "oct" or "fundus".
+        num_images: N.
+        size: image side S.
+        seed: dataset seed.
+
+    Returns:
+        images (N, S, S, 3) uint8 and labels (N, K) int64 (K = 11 or 5); image i belongs to patient
+        i // IMAGES_PER_PATIENT.
+    """
+    labels = phantom_labels(kind, num_images, seed)
+    images = np.stack([draw_phantom(kind, labels[i], size, seed, i) for i in range(num_images)])
+    return images, labels
+
+
+def phantom_labels(kind: str, num_images: int, seed: int) -> np.ndarray:
+    """(N, K) int64 labels of a phantom set; the images of one patient share their labels."""
+    if kind not in PHANTOM_KINDS:
+        raise ValueError(f"--kind must be one of {PHANTOM_KINDS}, got {kind!r}")
+    return np.stack([patient_labels(kind, seed, i // IMAGES_PER_PATIENT) for i in range(num_images)])
+
+
+def _write_retinamnist_npz(root: Path, labels: np.ndarray, split: dict[str, pd.DataFrame]) -> None:
+    """Write `{root}/retinamnist_224.npz` from the phantom PNGs: {train,val,test}_images (N, 224, 224, 3) uint8 and
+    *_labels (N, 1) uint8 grades, the layout medmnist 3 reads.
+
+    Its train/val splits are those of fold 0 and its test split is the test split (fold 0's validation rows when
+    the phantom set has no test split).
+    """
+    arrays = {}
+    for name in ("train", "val", "test"):
+        part = split.get(name, split["val"])
+        resized = []
+        for filename in part["filename"]:
+            with Image.open(root / filename) as img:
+                resized.append(np.asarray(img.convert("RGB").resize((NPZ_SIZE, NPZ_SIZE), Image.BICUBIC)))
+        arrays[f"{name}_images"] = np.stack(resized).astype(np.uint8)
+        arrays[f"{name}_labels"] = labels[part.index.to_numpy()].argmax(axis=1).astype(np.uint8)[:, None]
+    atomic_write(root / RETINAMNIST_NPZ, lambda f: np.savez_compressed(f, **arrays))
+
+
+def make_phantom_dataset(
+    out: str | Path,
+    kind: str = "oct",
+    num_images: int = 600,
+    folds: int = 5,
+    size: int = 64,
+    seed: int = 0,
+    test_frac: float = 0.0,
+    retinamnist_npz: bool = False,
+) -> pd.DataFrame:
+    """Write a phantom dataset: PNGs, master.csv and fold CSVs in the reference layout.
+
+    Args:
+        out: dataset root to create.
+        kind: "oct" (11 multi-hot labels) or "fundus" (5 one-hot grades, columns '0'..'4').
+        num_images: number of images N.
+        folds: number of folds K (stratified, patients never split; see data/make_folds.py).
+        size: image side in pixels.
+        seed: dataset seed; the same arguments give byte-identical files.
+        test_frac: fraction of patients held out as `test_{k}.csv` (0 for none).
+        retinamnist_npz: also write retinamnist_224.npz (fundus only) for the RetinaMNIST code path.
+
+    Returns:
+        Per-label counts of every split (data.make_folds.split_counts).
+    """
+    if retinamnist_npz and kind != "fundus":
+        raise ValueError("--retinamnist-npz needs --kind fundus")
+    if num_images < 2 * folds * IMAGES_PER_PATIENT:
+        raise ValueError(
+            f"--num-images {num_images} is too few for {folds} folds of {IMAGES_PER_PATIENT}-image patients"
+        )
+    labels = phantom_labels(kind, num_images, seed)
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    names = list(OCT_LABELS) if kind == "oct" else list(RETINAMNIST_LABELS)
+    filenames = [f"images/{i:06d}.png" for i in range(num_images)]
+    for i, name in enumerate(filenames):
+        Image.fromarray(draw_phantom(kind, labels[i], size, seed, i)).save(out / name)
+
+    frame = pd.DataFrame({"client_id": [f"phantom_{i}" for i in range(num_images)], "filename": filenames})
+    frame = pd.concat([frame, pd.DataFrame(labels, columns=names)], axis=1)
+    frame["patient_name"] = [f"patient_{i // IMAGES_PER_PATIENT}" for i in range(num_images)]
+    atomic_write_text(out / "master.csv", frame.to_csv())
+    splits = make_folds(frame, names, folds, test_frac=test_frac, patient_col="patient_name", seed=seed)
+    write_folds(splits, out)
+    if retinamnist_npz:
+        _write_retinamnist_npz(out, labels, splits[0])
+    return split_counts(splits, names)
+
+
+def main(args: argparse.Namespace) -> None:
+    counts = make_phantom_dataset(
+        args.out, args.kind, args.num_images, args.folds, args.size, args.seed, args.test_frac, args.retinamnist_npz
+    )
+    print(f"wrote {args.num_images} {args.kind} phantoms ({args.size} px) and {args.folds} folds to {args.out}")
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(counts.to_string())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write the embedded phantom dataset (OCT B-scans or fundus images).")
+    parser.add_argument("--kind", type=str, choices=PHANTOM_KINDS, default="oct", help="image type")
+    parser.add_argument("--out", type=str, required=True, help="dataset root to write")
+    parser.add_argument("--num-images", type=int, default=600, help="number of images")
+    parser.add_argument("--folds", type=int, default=5, help="number of folds")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed")
+    parser.add_argument("--test-frac", type=float, default=0.0, help="fraction of patients held out as test split")
+    parser.add_argument(
+        "--retinamnist-npz",
+        action="store_true",
+        help=f"fundus only: also write {RETINAMNIST_NPZ} (images resized to {NPZ_SIZE} px)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

@@ -1,0 +1,93 @@
+"""The one place that decides which dataset a data path holds (SPEC C1, reference quirk 10.28).
+
+Scripts call `pick_dataset` for the kind, then `build_dataset` / `label_names_for` (re-exported from data.datasets)
+so label names and the number of classes come from the dataset, never from the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from data.datasets import RetinaMNISTDataset, build_dataset, fold_csv_path, label_names_for
+from data.validate import validate_fold_csv
+
+__all__ = [
+    "DATASET_KINDS",
+    "add_dataset_arguments",
+    "build_dataset",
+    "evaluation_labels",
+    "label_names_for",
+    "pick_dataset",
+]
+
+DATASET_KINDS = ("oct", "retinamnist", "csv", "tnbc")
+
+# Case-sensitive path substrings the reference scripts test, in the order checked here (SPEC 10.24, 10.28).
+_PATH_RULES = (
+    ("RetinaMNIST", "retinamnist"),
+    ("MNIST", "retinamnist"),
+    ("retina", "retinamnist"),
+    ("oct", "oct"),
+    ("TNBC", "tnbc"),
+)
+
+
+def pick_dataset(data_path: str, dataset: str | None = None) -> str:
+    """The dataset kind of `data_path`: `dataset` when given, else guessed from the path like the reference.
+
+    Args:
+        data_path: the --data-path value.
+        dataset: the --dataset value, or None.
+
+    Returns:
+        One of DATASET_KINDS.
+
+    Raises:
+        ValueError: an unknown `dataset`, or a path that matches none of the reference's substrings.
+    """
+    if dataset is not None:
+        if dataset not in DATASET_KINDS:
+            raise ValueError(f"--dataset must be one of {DATASET_KINDS}, got {dataset!r}")
+        return dataset
+    for needle, kind in _PATH_RULES:
+        if needle in data_path:
+            return kind
+    raise ValueError(
+        f"cannot tell the dataset from --data-path {data_path!r} (the reference looks for 'RetinaMNIST', 'MNIST', "
+        f"'retina', 'oct' or 'TNBC' in it); pass --dataset {{{','.join(DATASET_KINDS)}}}"
+    )
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --dataset and --label-columns, the flags every script uses to override the path rule."""
+    parser.add_argument(
+        "--dataset",
+        type=str,
+        choices=DATASET_KINDS,
+        default=None,
+        help="dataset kind; by default guessed from --data-path as the reference does",
+    )
+    parser.add_argument(
+        "--label-columns",
+        type=str,
+        nargs="+",
+        default=None,
+        help="label columns of a --dataset csv fold CSV (0/1 each), in order",
+    )
+
+
+def evaluation_labels(kind: str, data_path: str, fold: int, label_columns: list[str] | None = None) -> np.ndarray:
+    """The label rows a synthetic validation copy reproduces, in file order (SPEC 3.4, C2.7).
+
+    CSV kinds: the rows of `val_{fold}.csv` (image files are not needed); RetinaMNIST: its test split.
+
+    Returns:
+        (N, K) int64 labels.
+    """
+    names = label_names_for(kind, label_columns)
+    if kind == "retinamnist":
+        return RetinaMNISTDataset(data_path, "test").labels
+    _, labels = validate_fold_csv(fold_csv_path(data_path, "val", fold), data_path, names, image_check="none")
+    return labels

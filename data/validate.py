@@ -1,0 +1,152 @@
+"""Input checks for fold CSVs: run before any work so a bad dataset fails in seconds with a precise message.
+
+Every error names the file and the first offending rows. Rows are given as CSV line numbers (the header is line 1,
+so the first data row is line 2) together with their `filename`, which is what a user needs to fix the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+# How many offending rows an error message lists.
+MAX_REPORTED_ROWS = 5
+# Image checks: "none" skips them, "exists" tests that each file is there, "verify" also parses each file's header
+# and chunk checksums with PIL (slower, catches truncated or non-image files).
+IMAGE_CHECKS = ("none", "exists", "verify")
+
+
+def _describe_rows(frame: pd.DataFrame, positions: np.ndarray) -> str:
+    """'3 rows, e.g. line 4 (a.png), line 9 (b.png)' for 0-based data-row positions."""
+    shown = []
+    for p in positions[:MAX_REPORTED_ROWS]:
+        name = frame["filename"].iloc[p] if "filename" in frame.columns else None
+        shown.append(f"line {int(p) + 2}" + (f" ({name})" if name is not None else ""))
+    more = ", ..." if len(positions) > MAX_REPORTED_ROWS else ""
+    return f"{len(positions)} row(s), e.g. " + ", ".join(shown) + more
+
+
+def read_fold_csv(csv_path: str | Path) -> pd.DataFrame:
+    """Read a fold CSV the reference way: the first column is the index (SPEC 2.1).
+
+    Raises:
+        FileNotFoundError: the CSV does not exist.
+        ValueError: it cannot be parsed or has no rows.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"fold CSV not found: {csv_path}")
+    try:
+        frame = pd.read_csv(csv_path, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{csv_path}: cannot be read as CSV ({err})") from err
+    if len(frame) == 0:
+        raise ValueError(f"{csv_path}: has no data rows")
+    return frame
+
+
+def check_columns(frame: pd.DataFrame, label_names: Sequence[str], source: str) -> None:
+    """Raise ValueError when `filename` or a label column is missing from `frame`."""
+    missing = [c for c in ("filename", *label_names) if c not in frame.columns]
+    if not missing:
+        return
+    hint = ""
+    if frame.index.name == "filename":
+        hint = " (the first column is read as the index, as in the reference; add an index column before 'filename')"
+    raise ValueError(f"{source}: missing column(s) {missing}; found {list(frame.columns)}{hint}")
+
+
+def check_labels(frame: pd.DataFrame, label_names: Sequence[str], source: str) -> np.ndarray:
+    """Check that every label entry is 0 or 1 and return the labels.
+
+    Returns:
+        (N, K) int64 array, K = len(label_names).
+
+    Raises:
+        ValueError: naming the first rows with an entry that is not 0/1 (including empty cells and text).
+    """
+    values = frame[list(label_names)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isin(values, (0.0, 1.0)).all(axis=1))
+    if len(bad):
+        cols = [c for c, ok in zip(label_names, np.isin(values[bad], (0.0, 1.0)).all(axis=0)) if not ok]
+        raise ValueError(f"{source}: label columns {cols} must hold 0 or 1; bad values in {_describe_rows(frame, bad)}")
+    return values.astype(np.int64)
+
+
+def check_duplicates(frame: pd.DataFrame, source: str) -> None:
+    """Raise ValueError when a `filename` appears in more than one row."""
+    dup = np.flatnonzero(frame["filename"].astype(str).duplicated(keep=False).to_numpy())
+    if len(dup):
+        raise ValueError(f"{source}: duplicate filename in {_describe_rows(frame, dup)}")
+
+
+def check_images(frame: pd.DataFrame, root: str | Path, source: str, mode: str = "exists") -> None:
+    """Check the image files of every row, relative to `root`.
+
+    Args:
+        frame: rows with a `filename` column.
+        root: folder the filenames are relative to.
+        source: file name used in messages.
+        mode: one of IMAGE_CHECKS.
+
+    Raises:
+        FileNotFoundError: some files are missing (the first ones are named).
+        ValueError: with mode "verify", some files are not readable images.
+    """
+    if mode not in IMAGE_CHECKS:
+        raise ValueError(f"image check mode must be one of {IMAGE_CHECKS}, got {mode!r}")
+    if mode == "none":
+        return
+    paths = [os.path.join(root, f) for f in frame["filename"].astype(str)]
+    missing = np.flatnonzero([not os.path.isfile(p) for p in paths])
+    if len(missing):
+        raise FileNotFoundError(
+            f"{source}: image file(s) missing under {root}: {_describe_rows(frame, missing)}; "
+            "filenames are relative to the dataset root"
+        )
+    if mode == "verify":
+        unreadable = np.flatnonzero([not _is_readable_image(p) for p in paths])
+        if len(unreadable):
+            raise ValueError(f"{source}: unreadable image file(s): {_describe_rows(frame, unreadable)}")
+
+
+def _is_readable_image(path: str) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception:  # PIL raises many exception types for broken files; any of them means "unreadable"
+        return False
+    return True
+
+
+def validate_frame(frame: pd.DataFrame, label_names: Sequence[str], source: str) -> np.ndarray:
+    """Column, label and duplicate checks of a loaded table; returns the (N, K) int64 labels."""
+    check_columns(frame, label_names, source)
+    labels = check_labels(frame, label_names, source)
+    check_duplicates(frame, source)
+    return labels
+
+
+def validate_fold_csv(
+    csv_path: str | Path, root: str | Path, label_names: Sequence[str], image_check: str = "exists"
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read and check one fold CSV and its image files.
+
+    Args:
+        csv_path: `{root}/{mode}_{fold}.csv`.
+        root: dataset root the `filename` column is relative to.
+        label_names: the K label columns, in order.
+        image_check: one of IMAGE_CHECKS.
+
+    Returns:
+        The table (first column as index) and its (N, K) int64 labels.
+    """
+    frame = read_fold_csv(csv_path)
+    labels = validate_frame(frame, label_names, str(csv_path))
+    check_images(frame, root, str(csv_path), image_check)
+    return frame, labels

@@ -1,0 +1,215 @@
+"""Encode the training images of one fold into SD-VAE latents (SPEC 3.1).
+
+Reference launch (SPEC 1):
+    torchrun --nnodes=1 --nproc_per_node=1 --master_port 29504 extract_features.py \
+        --data-path data/oct_multilabel/ --features-path store/oct_features/ --global-batch-size 128 --fold 0
+Also runs as a plain process: `python extract_features.py --data-path ... --vae <folder>`.
+
+Writes `{features-path}/features_{fold}/{i}.npy` (float32, (1, 4, S/8, S/8): a posterior sample x 0.18215) and
+`{features-path}/labels_{fold}/{i}.npy` (int64, (1, K)) for every row i of the training split, plus
+`{features-path}/manifest_{fold}.csv` (index, source filename, flip). Image i is flipped (OCT and CSV data, once,
+as the reference does) and its posterior noise drawn from streams seeded by (--global-seed, i), so any number of
+processes gives the same files. Ranks encode disjoint shards (i % world_size); complete pairs are skipped, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.datasets import build_dataset
+from data.select import add_dataset_arguments, pick_dataset
+from data.transforms import image_transform
+from data.vae import encode_latents, load_vae
+from infra.atomic_io import atomic_np_save, atomic_write_text
+from infra.distributed import all_gather_objects, barrier, cleanup_distributed, setup_distributed
+from infra.logs import create_logger
+from infra.rng import sample_generators
+from infra.seeding import rank_seed, seed_everything
+from models import DiT_models
+
+# --num-classes default of the reference; any other value must equal the dataset's label count.
+_NUM_CLASSES_DEFAULT = 1000
+# Stream tags under one (global seed, image index) pair.
+_NOISE_STREAM, _FLIP_STREAM = 0, 1
+
+
+def sample_seed(global_seed: int, index: int, stream: int = _NOISE_STREAM) -> int:
+    """A 63-bit seed for image `index`, independent of world size and batch (SeedSequence mixing)."""
+    return int(np.random.SeedSequence([global_seed, index, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def flip_decision(global_seed: int, index: int) -> bool:
+    """Whether image `index` is flipped: the reference's RandomHorizontalFlip(p=0.5), drawn once per image."""
+    return bool(np.random.default_rng(sample_seed(global_seed, index, _FLIP_STREAM)).random() < 0.5)
+
+
+def shard_indices(num_items: int, rank: int, world_size: int) -> list[int]:
+    """The dataset rows of one rank: i with i % world_size == rank (disjoint, no padding)."""
+    return list(range(rank, num_items, world_size))
+
+
+def output_dirs(features_path: str | Path, fold: int) -> tuple[Path, Path]:
+    """`{features_path}/features_{fold}` and `{features_path}/labels_{fold}` (the reference's layout)."""
+    root = Path(features_path)
+    return root / f"features_{fold}", root / f"labels_{fold}"
+
+
+class _FlippedRows(Dataset):
+    """Rows `indices` of `dataset` as (index, image, label), image flipped along its width where `flips` says so."""
+
+    def __init__(self, dataset: Dataset, indices: list[int], flips: dict[int, bool]) -> None:
+        self.dataset, self.indices, self.flips = dataset, indices, flips
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        index = self.indices[j]
+        image, label = self.dataset[index]
+        if self.flips[index]:
+            image = image.flip(-1)  # after the centre crop, as the reference's transform order has it (SPEC 2.3)
+        return index, image, label
+
+
+def check_args(args: argparse.Namespace, world_size: int) -> None:
+    """Reject bad flag values before any work, naming the flag."""
+    if args.image_size <= 0 or args.image_size % 8 != 0:
+        raise ValueError(f"--image-size {args.image_size} must be a positive multiple of 8 (the VAE downsamples by 8)")
+    if args.global_batch_size < world_size or args.global_batch_size % world_size != 0:
+        raise ValueError(
+            f"--global-batch-size {args.global_batch_size} must be a multiple of the world size {world_size}"
+        )
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+
+
+def main(args: argparse.Namespace) -> None:
+    dist = setup_distributed()
+    try:
+        check_args(args, dist.world_size)
+        seed_everything(rank_seed(args.global_seed, dist.world_size, dist.rank))
+        logger = create_logger("extract_features", rank=dist.rank)
+
+        # The training split, checked (columns, labels, duplicates, image files) before anything is written.
+        kind = pick_dataset(args.data_path, args.dataset)
+        dataset = build_dataset(
+            kind, args.data_path, "train", args.fold, image_transform(args.image_size), args.label_columns
+        )
+        num_labels = len(dataset.label_names)
+        if args.num_classes not in (_NUM_CLASSES_DEFAULT, num_labels):
+            raise ValueError(f"--num-classes {args.num_classes} does not match the {num_labels} labels of {kind} data")
+        flip = kind != "retinamnist" and not args.no_flip  # the reference flips OCT/TNBC images, not RetinaMNIST
+
+        # Output folders.
+        feature_dir, label_dir = output_dirs(args.features_path, args.fold)
+        if dist.is_main:
+            feature_dir.mkdir(parents=True, exist_ok=True)
+            label_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
+
+        # This rank's shard; pairs already on disk (written atomically, so complete) are skipped.
+        mine = shard_indices(len(dataset), dist.rank, dist.world_size)
+        flips = {i: flip and flip_decision(args.global_seed, i) for i in mine}
+        todo = [i for i in mine if not ((feature_dir / f"{i}.npy").is_file() and (label_dir / f"{i}.npy").is_file())]
+        logger.info(
+            f"{kind} data, {len(dataset)} images of fold {args.fold}, {num_labels} labels, flip={flip}; "
+            f"{dist.world_size} process(es) on {dist.device}; rank 0 encodes {len(todo)} of {len(mine)}"
+        )
+
+        # Encode: per-image noise streams make each latent independent of batch and world size.
+        if todo:
+            vae = load_vae(args.vae, dist.device)
+            loader = DataLoader(
+                _FlippedRows(dataset, todo, flips),
+                batch_size=args.global_batch_size // dist.world_size,
+                shuffle=False,
+                num_workers=args.num_workers,
+                drop_last=False,
+            )
+            for index, x, y in tqdm(loader, disable=not dist.is_main, desc="encoding", unit="batch"):
+                index = index.tolist()
+                generators = sample_generators([sample_seed(args.global_seed, i) for i in index])
+                z = encode_latents(vae, x.to(dist.device), generators).float().cpu().numpy()  # (B, 4, S/8, S/8)
+                labels = y.numpy().astype(np.int64)  # (B, K)
+                for k, i in enumerate(index):
+                    atomic_np_save(feature_dir / f"{i}.npy", z[k : k + 1])
+                    atomic_np_save(label_dir / f"{i}.npy", labels[k : k + 1])
+
+        # Manifest of every index (encoded now or before), gathered from all ranks.
+        records = [(i, dataset.source_name(i), int(flips[i])) for i in mine]
+        gathered = [r for part in all_gather_objects(records) for r in part]
+        if dist.is_main:
+            manifest = pd.DataFrame(sorted(gathered), columns=["index", "filename", "flip"])
+            atomic_write_text(Path(args.features_path) / f"manifest_{args.fold}.csv", manifest.to_csv(index=False))
+            logger.info(f"Done: {len(manifest)} latent/label pairs in {feature_dir} and {label_dir}")
+        barrier()
+    finally:
+        cleanup_distributed()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Encode a fold's training images into SD-VAE latents.")
+    parser.add_argument("--data-path", type=str, required=True, help="dataset root (fold CSVs, or retinamnist_224.npz)")
+    parser.add_argument("--features-path", type=str, default="features", help="output folder of the latents")
+    parser.add_argument("--results-dir", type=str, default="results", help="no effect (accepted like the reference)")
+    parser.add_argument(
+        "--model",
+        type=str,
+        choices=list(DiT_models),
+        default="DiT-XL/2",
+        help="no effect (accepted like the reference)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="image side in pixels; the reference allows 256/512, any multiple of 8 is accepted here",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=_NUM_CLASSES_DEFAULT,
+        help="no effect: the label count comes from the dataset; a value other than 1000 must match it",
+    )
+    parser.add_argument("--epochs", type=int, default=1400, help="no effect (accepted like the reference)")
+    parser.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=256,
+        help="images encoded per step over all processes (per process: this // world size)",
+    )
+    parser.add_argument(
+        "--global-seed",
+        type=int,
+        default=0,
+        help="seeds each image's flip and posterior noise by (seed, index), and each rank",
+    )
+    parser.add_argument(
+        "--vae",
+        type=str,
+        default="ema",
+        help="ema | mse (stabilityai/sd-vae-ft-* from the HF cache) or a local AutoencoderKL folder",
+    )
+    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--log-every", type=int, default=100, help="no effect (accepted like the reference)")
+    parser.add_argument("--ckpt-every", type=int, default=50_000, help="no effect (accepted like the reference)")
+    parser.add_argument("--fold", type=int, default=0, help="fold: reads train_{fold}.csv, writes *_{fold}/")
+    add_dataset_arguments(parser)
+    parser.add_argument(
+        "--no-flip",
+        action="store_true",
+        help="do not flip OCT/CSV images (the reference flips each with probability 0.5, once)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

@@ -1,0 +1,1 @@
+"""Builders shared by several test directories (import as `tests.helpers.<module>`)."""

@@ -1,0 +1,67 @@
+"""Tiny stand-ins for tests: a phantom OCT / fundus dataset in the reference layout and a random SD-VAE-shaped VAE.
+
+Usage from any test directory (pytest runs from the repository root):
+
+    from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
+
+    root = make_phantom_oct(tmp_path / "oct")        # 16 images, 32 px, 2 folds, train/val CSVs
+    vae_dir = make_tiny_vae(tmp_path / "vae")        # pass as --vae <folder>; 4 latent channels, factor 8
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+from data.phantoms import make_phantom_dataset
+
+
+def make_phantom_oct(
+    root: str | Path, num_images: int = 16, folds: int = 2, size: int = 32, seed: int = 0, test_frac: float = 0.0
+) -> Path:
+    """Write a phantom OCT dataset (PNGs + `{train,val[,test]}_{k}.csv`, 11 labels) to `root` and return it."""
+    make_phantom_dataset(root, "oct", num_images=num_images, folds=folds, size=size, seed=seed, test_frac=test_frac)
+    return Path(root)
+
+
+def make_phantom_fundus(
+    root: str | Path, num_images: int = 16, folds: int = 2, size: int = 32, seed: int = 0, npz: bool = True
+) -> Path:
+    """Write a phantom fundus dataset (label columns '0'..'4'; with `npz`, also retinamnist_224.npz with a test
+    split) to `root` and return it."""
+    make_phantom_dataset(
+        root,
+        "fundus",
+        num_images=num_images,
+        folds=folds,
+        size=size,
+        seed=seed,
+        test_frac=0.25 if npz else 0.0,
+        retinamnist_npz=npz,
+    )
+    return Path(root)
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """A randomly initialised AutoencoderKL with the SD-VAE interface: 3 -> 4 latent channels, downsampling by 8."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=32,
+        ).eval()
+
+
+def make_tiny_vae(path: str | Path, seed: int = 0) -> Path:
+    """Save tiny_vae(seed) as a diffusers folder (config.json + weights) usable as `--vae <folder>`; returns it."""
+    tiny_vae(seed).save_pretrained(path)
+    return Path(path)
