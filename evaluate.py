@@ -1,0 +1,399 @@
+"""Image metrics of a synthetic validation set: KID, LPIPS diversity and the FLD generalization gap (SPEC 3.5, 9).
+
+    python evaluate.py --real ./oct_multilabel/ \
+        --gen ./synthetic_oct/GeCA-S-GS-fold-0-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0/ \
+        --fold 0 --image-size 256 --device_list cuda:0
+
+Reads `{gen}/val_syn_{fold}.csv` (the images `sample_ddp_val.py` wrote) and the real split it copies:
+`{real}/val_{fold}.csv` (RetinaMNIST: its test split). GG also needs the real training split. Prints a table and
+writes `{gen}/metrics_{fold}.json`. A metric whose pretrained weights are missing is reported as unavailable, with the
+file it needs, and the others still run. Features are cached per image set under `{gen}/.feature_cache/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+from tqdm import tqdm
+
+from data.datasets import RETINAMNIST_NPZ, RetinaMNISTDataset, fold_csv_path
+from data.select import DATASET_KINDS, pick_dataset
+from data.transforms import center_crop_arr
+from data.validate import read_fold_csv
+from infra.atomic_io import atomic_write_text
+from infra.logs import create_logger
+from infra.seeding import seed_everything
+from infra.tracker import Tracker
+from metrics.dino import dino_transform, load_dino
+from metrics.features import (
+    ImageSet,
+    MetricUnavailable,
+    cached_features,
+    extract_features,
+    file_identity,
+    file_image_set,
+    pil_to_uint8,
+)
+from metrics.fld import generalization_gap
+from metrics.inception import load_inception
+from metrics.kid import kid
+from metrics.lpips_diversity import load_lpips, lpips_diversity
+
+KID_SUBSETS = 100  # torchmetrics' default, used by the reference
+GG_EXTRACTORS = ("dino", "inception", "clip")
+PACKAGES = ("torch", "torchvision", "torchmetrics", "torch-fidelity", "timm", "lpips", "numpy")
+# Offsets added to --seed so each metric draws from its own stream (one metric failing does not shift another).
+SEED_OFFSETS = {"GG": 0, "KID": 1, "LPIPS": 2}
+
+
+class _RetinaMNISTImages:
+    """Image i of a RetinaMNIST split, RGB and centre-cropped like the training images (picklable)."""
+
+    def __init__(self, dataset: RetinaMNISTDataset, image_size: int):
+        self.dataset = dataset
+        self.image_size = image_size
+
+    def __call__(self, index: int) -> Image.Image:
+        image, _ = self.dataset[index]
+        return center_crop_arr(image.convert("RGB"), self.image_size)
+
+
+def real_image_set(real: str, kind: str, split: str, fold: int, image_size: int) -> ImageSet:
+    """Real images of one split, preprocessed as in training: RGB, ADM centre crop to `image_size`.
+
+    Args:
+        real: dataset root (--real).
+        kind: dataset kind (data.select).
+        split: "train", "val" or "test".
+        fold: fold of the CSV kinds (RetinaMNIST has fixed splits).
+        image_size: crop size (--image-size).
+    """
+    if kind == "retinamnist":
+        dataset = RetinaMNISTDataset(real, split)
+        keys = [dataset.source_name(i) for i in range(len(dataset))]
+        identity = f"crop={image_size}:{file_identity(Path(real) / RETINAMNIST_NPZ)}"
+        return ImageSet(f"real_{split}", keys, _RetinaMNISTImages(dataset, image_size), identity)
+    frame = read_fold_csv(fold_csv_path(real, split, fold))
+    paths = [os.path.join(real, name) for name in frame["filename"].astype(str)]
+    return file_image_set(f"real_{split}", paths, image_size)
+
+
+def generated_image_set(gen: str, fold: int) -> ImageSet:
+    """Exactly the images listed in `{gen}/val_syn_{fold}.csv`, loaded as they are (SPEC C2.7)."""
+    frame = read_fold_csv(Path(gen) / f"val_syn_{fold}.csv")
+    paths = [os.path.join(gen, name) for name in frame["filename"].astype(str)]
+    return file_image_set("generated", paths, None)
+
+
+def dataset_kind(real: str, dataset: str | None, logger: logging.Logger) -> str:
+    """--dataset, else the path rule of the reference; a path no rule matches is read as a generic fold-CSV set."""
+    try:
+        return pick_dataset(real, dataset)
+    except ValueError:
+        logger.info(f"--real {real} matches no dataset rule; reading its fold CSVs (pass --dataset to choose)")
+        return "csv"
+
+
+def pick_device(device_list: list[str], logger: logging.Logger) -> torch.device:
+    """The first entry of --device_list; CUDA falls back to the CPU when it is not available."""
+    device = torch.device(device_list[0])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logger.info(f"--device_list {device_list[0]} requested but CUDA is not available; running on cpu")
+        device = torch.device("cpu")
+    logger.info(f"device: {device}")
+    return device
+
+
+class FeatureBank:
+    """Loads each feature network once and serves (cached) features of image sets.
+
+    Args:
+        args: parsed command line (weights flags, batch size, workers).
+        device: where the networks run.
+        cache_dir: feature cache folder, or None.
+    """
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, cache_dir: Path | None):
+        self.args = args
+        self.device = device
+        self.cache_dir = cache_dir
+        self._models: dict[str, tuple[nn.Module, Callable] | MetricUnavailable] = {}
+
+    def _load(self, name: str) -> tuple[nn.Module, Callable[[Image.Image], torch.Tensor]]:
+        if name == "inception":
+            return load_inception(self.args.inception_weights, self.device), pil_to_uint8
+        if name == "dino":
+            return load_dino(self.args.dino_weights, self.device), dino_transform()
+        raise MetricUnavailable(
+            "the CLIP ViT-B/32 extractor needs OpenAI's `clip` package and its weights, which this installation "
+            "does not provide; use --gg_extractor dino or inception"
+        )
+
+    def model(self, name: str) -> tuple[nn.Module, Callable[[Image.Image], torch.Tensor]]:
+        """(network, PIL -> tensor transform) of an extractor; raises MetricUnavailable when it cannot load."""
+        if name not in self._models:
+            try:
+                self._models[name] = self._load(name)
+            except MetricUnavailable as err:
+                self._models[name] = err
+        entry = self._models[name]
+        if isinstance(entry, MetricUnavailable):
+            raise entry
+        return entry
+
+    def weights_file(self, name: str) -> str:
+        """The weights file the extractor was loaded from."""
+        return self.model(name)[0].weights_file
+
+    def features(self, name: str, images: ImageSet) -> torch.Tensor:
+        """(N, D) float32 CPU features of an image set."""
+        net, transform = self.model(name)
+        key = f"{name}:{file_identity(net.weights_file)}"
+
+        def compute() -> torch.Tensor:
+            return extract_features(
+                images,
+                net,
+                transform,
+                self.device,
+                self.args.batch_size,
+                self.args.num_workers,
+                desc=f"{name} features of {images.name} ({len(images)} images)",
+            )
+
+        return cached_features(images, key, compute, self.cache_dir)
+
+
+def compute_gg(
+    bank: FeatureBank, extractor: str, train: ImageSet, test: ImageSet, gen: ImageSet, seed: int
+) -> dict[str, Any]:
+    """GG = 100 (NLL(train) - NLL(test)) of the mixture centred on the generated features (SPEC 9.3, B3)."""
+    if len(test) < 2:
+        raise MetricUnavailable(f"GG needs at least 2 real test images, got {len(test)}")
+    feats = {
+        name: bank.features(extractor, images).to(bank.device)
+        for name, images in (("train", train), ("test", test), ("gen", gen))
+    }
+    value = generalization_gap(feats["train"], feats["test"], feats["gen"], torch.Generator().manual_seed(seed))
+    return {"value": value, "extractor": extractor, "weights": bank.weights_file(extractor)}
+
+
+def compute_kid(bank: FeatureBank, real_images: ImageSet, gen_images: ImageSet, seed: int) -> dict[str, Any]:
+    """KID over 100 subsets of size len(generated) // 4 (SPEC 9.1)."""
+    subset_size = len(gen_images) // 4
+    if not 2 <= subset_size <= len(real_images):
+        raise MetricUnavailable(
+            f"KID subset size len(generated) // 4 = {subset_size} must lie in [2, {len(real_images)} real images]"
+        )
+    real = bank.features("inception", real_images)
+    fake = bank.features("inception", gen_images)
+    mean, std = kid(real, fake, KID_SUBSETS, subset_size, torch.Generator().manual_seed(seed))
+    return {
+        "mean": mean,
+        "std": std,
+        "mean_x1e3": mean * 1e3,
+        "std_x1e3": std * 1e3,
+        "subsets": KID_SUBSETS,
+        "subset_size": subset_size,
+        "weights": bank.weights_file("inception"),
+    }
+
+
+def compute_lpips(args: argparse.Namespace, device: torch.device, images: ImageSet, seed: int) -> dict[str, Any]:
+    """LPIPS diversity over consecutive pairs of the seeded shuffle of the generated images (SPEC 9.2)."""
+    net = load_lpips(args.alexnet_weights, device)
+    to_tensor = transforms.ToTensor()
+    progress = tqdm(total=max(len(images) - 1, 0), desc="LPIPS pairs", unit="pair", leave=False)
+
+    @torch.no_grad()
+    def distance(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        a = torch.stack([to_tensor(images.load(int(i))) for i in first]).to(device)
+        b = torch.stack([to_tensor(images.load(int(i))) for i in second]).to(device)
+        progress.update(len(first))
+        return net(a, b, normalize=True).reshape(-1)
+
+    try:
+        mean, std = lpips_diversity(len(images), distance, torch.Generator().manual_seed(seed), args.batch_size)
+    finally:
+        progress.close()
+    return {"mean": mean, "std": std, "pairs": len(images) - 1, "weights": net.weights_file}
+
+
+def run_metric(name: str, compute: Callable[[], dict[str, Any]], logger: logging.Logger) -> dict[str, Any]:
+    """Run one metric; a MetricUnavailable becomes {"available": False, "reason": ...} and a log line."""
+    logger.info(f"computing {name}")
+    try:
+        return {"available": True, **compute()}
+    except MetricUnavailable as err:
+        logger.warning(f"{name} unavailable: {err}")
+        return {"available": False, "reason": str(err)}
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """The printed summary: KID x 1e3 and LPIPS as mean ± std, GG as a number, or the reason a metric is missing."""
+    rows = []
+    for name, label in (("KID", "KID (x1e3)"), ("LPIPS", "LPIPS diversity"), ("GG", "GG")):
+        entry = results[name]
+        if not entry["available"]:
+            text = f"unavailable: {entry['reason']}"
+        elif name == "KID":
+            text = f"{entry['mean_x1e3']:.4f} ± {entry['std_x1e3']:.4f}"
+        elif name == "LPIPS":
+            text = f"{entry['mean']:.4f} ± {entry['std']:.4f}"
+        else:
+            text = f"{entry['value']:.4f} ({entry['extractor']} features)"
+        rows.append(f"{label:<16} {text}")
+    return "\n".join(rows)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages the numbers depend on."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    logger = create_logger("evaluate")
+    device = pick_device(args.device_list, logger)
+    seed_everything(args.seed)
+    out_path = Path(args.out) if args.out else Path(args.gen) / f"metrics_{args.fold}.json"
+    cache_dir = None if args.no_cache else Path(args.cache_dir or Path(args.gen) / ".feature_cache")
+
+    # Image sets: the generated CSV's files, the real split they copy (RetinaMNIST: test), the real train split.
+    kind = dataset_kind(args.real, args.dataset, logger)
+    real_split = "test" if kind == "retinamnist" else "val"
+    gen_set = generated_image_set(args.gen, args.fold)
+    real_set = real_image_set(args.real, kind, real_split, args.fold, args.image_size)
+    try:
+        train_set, train_error = real_image_set(args.real, kind, "train", args.fold, args.image_size), ""
+    except FileNotFoundError as err:
+        train_set, train_error = None, f"GG needs the real training split: {err}"
+    counts = {
+        "generated": len(gen_set),
+        f"real_{real_split}": len(real_set),
+        "real_train": 0 if train_set is None else len(train_set),
+    }
+    logger.info(f"dataset {kind}, images: {counts}")
+
+    # Metrics in the reference's order: GG, KID, LPIPS; each with its own seeded stream.
+    bank = FeatureBank(args, device, cache_dir)
+
+    def gg() -> dict[str, Any]:
+        if train_set is None:
+            raise MetricUnavailable(train_error)
+        return compute_gg(bank, args.gg_extractor, train_set, real_set, gen_set, args.seed + SEED_OFFSETS["GG"])
+
+    results = {
+        "GG": run_metric("GG", gg, logger),
+        "KID": run_metric("KID", lambda: compute_kid(bank, real_set, gen_set, args.seed + SEED_OFFSETS["KID"]), logger),
+        "LPIPS": run_metric(
+            "LPIPS", lambda: compute_lpips(args, device, gen_set, args.seed + SEED_OFFSETS["LPIPS"]), logger
+        ),
+    }
+
+    # Report: console table, JSON file, optional wandb.
+    print(format_table(results))
+    report = {
+        "metrics": results,
+        "counts": counts,
+        "dataset": kind,
+        "fold": args.fold,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "device": str(device),
+        "versions": package_versions(),
+        "args": vars(args),
+    }
+    atomic_write_text(out_path, json.dumps(report, indent=2) + "\n")
+    logger.info(f"wrote {out_path}")
+    tracker = Tracker(
+        args.wandb, "GeCA-Eval", {**vars(args), "exp_string_name": os.path.basename(os.path.normpath(args.gen))}, logger
+    )
+    logged = {}
+    if results["GG"]["available"]:
+        logged["GG"] = results["GG"]["value"]
+    if results["KID"]["available"]:
+        logged.update({"KID mean": results["KID"]["mean"], "KID std": results["KID"]["std"]})
+    if results["LPIPS"]["available"]:
+        logged.update({"LPIPS mean": results["LPIPS"]["mean"], "LPIPS std": results["LPIPS"]["std"]})
+    tracker.log(logged, step=0)
+    tracker.finish()
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="KID, LPIPS diversity and FLD generalization gap of a sample folder.")
+    parser.add_argument("--real", type=str, required=True, help="real dataset root (holds val_{fold}.csv)")
+    parser.add_argument("--gen", type=str, required=True, help="sample folder (holds val_syn_{fold}.csv)")
+    parser.add_argument(
+        "--device_list",
+        type=str,
+        nargs="+",
+        default=["cuda:0"],
+        help="devices; the first is used (falls back to cpu without CUDA)",
+    )
+    parser.add_argument("--image-size", type=int, choices=[128, 256, 512], default=256, help="real-image crop size")
+    parser.add_argument("--fold", type=int, default=0, help="fold of the CSV files")
+    parser.add_argument(
+        "--gg_extractor",
+        type=str,
+        choices=list(GG_EXTRACTORS),
+        default="dino",
+        help="features of the generalization gap (clip is unavailable offline)",
+    )
+    parser.add_argument(
+        "--ft", nargs="?", const=True, default=False, help="accepted for compatibility with the reference; no effect"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of KID subsets, LPIPS pairing and the FLD fit")
+    parser.add_argument(
+        "--inception-weights",
+        type=str,
+        default=None,
+        help="Inception FID weights: torch-fidelity .pth or fid-helper default_1.pt (default: found automatically)",
+    )
+    parser.add_argument(
+        "--dino-weights",
+        type=str,
+        default=None,
+        help="DINOv2 ViT-B/14 weights: timm file or Meta's dinov2_vitb14_pretrain.pth (default: HF/torch cache)",
+    )
+    parser.add_argument(
+        "--alexnet-weights",
+        type=str,
+        default=None,
+        help="torchvision AlexNet weights for LPIPS (default: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--num-workers", type=int, default=4, help="image-decoding workers")
+    parser.add_argument("--out", type=str, default=None, help="metrics JSON (default: {gen}/metrics_{fold}.json)")
+    parser.add_argument("--cache-dir", type=str, default=None, help="feature cache (default: {gen}/.feature_cache)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
+    parser.add_argument(
+        "--dataset",
+        type=str,
+        choices=DATASET_KINDS,
+        default=None,
+        help="dataset kind of --real; by default guessed from the path as the reference does",
+    )
+    parser.add_argument("--wandb", action="store_true", help="log to wandb (project GeCA-Eval)")
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

@@ -1,0 +1,70 @@
+"""Batched feature extraction over image files and the per-image-set cache."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metrics.features import cached_features, extract_features, file_image_set, pil_to_uint8
+
+
+def write_pngs(folder, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def mean_colour(x: torch.Tensor) -> torch.Tensor:
+    """Stand-in extractor: (N, 3, H, W) uint8 -> (N, 3) mean colour."""
+    return x.float().mean(dim=(2, 3))
+
+
+def test_extraction_keeps_order_and_handles_mixed_sizes(tmp_path):
+    paths = write_pngs(tmp_path, [(8, 8), (8, 8), (6, 10), (8, 8), (8, 8)])
+    images = file_image_set("generated", paths)
+    feats = extract_features(images, mean_colour, pil_to_uint8, batch_size=3)
+    expected = torch.stack([mean_colour(pil_to_uint8(Image.open(p).convert("RGB"))[None])[0] for p in paths])
+    torch.testing.assert_close(feats, expected)
+
+
+def test_real_images_are_centre_cropped(tmp_path):
+    paths = write_pngs(tmp_path, [(12, 20)])
+    images = file_image_set("real_val", paths, image_size=8)
+    assert images.load(0).size == (8, 8)
+    assert file_image_set("real_val", paths, image_size=8).identity != file_image_set("real_val", paths).identity
+
+
+def test_missing_image_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        file_image_set("generated", [tmp_path / "nope.png"])
+
+
+def test_cache_hits_and_invalidates_on_file_change(tmp_path):
+    paths = write_pngs(tmp_path / "img", [(8, 8)] * 3)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return extract_features(file_image_set("generated", paths), mean_colour, pil_to_uint8)
+
+    first = cached_features(file_image_set("generated", paths), "mean:v1", compute, tmp_path / "cache")
+    again = cached_features(file_image_set("generated", paths), "mean:v1", compute, tmp_path / "cache")
+    assert len(calls) == 1
+    torch.testing.assert_close(first, again)
+    cached_features(file_image_set("generated", paths), "mean:v2", compute, tmp_path / "cache")
+    assert len(calls) == 2  # another extractor (or weights file) is another entry
+    write_pngs(tmp_path / "img", [(8, 8)] * 3, seed=1)
+    stat = os.stat(paths[0])
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    changed = cached_features(file_image_set("generated", paths), "mean:v1", compute, tmp_path / "cache")
+    assert len(calls) == 3
+    assert not torch.equal(first, changed)

@@ -1,0 +1,109 @@
+"""KID (SPEC 9.1): formula against NumPy, subset draws and statistics against torchmetrics, behaviour on Gaussians."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from metrics.kid import kid, mmd2_unbiased, polynomial_kernel
+
+
+def numpy_kid(real: np.ndarray, fake: np.ndarray, subsets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Independent float64 KID: explicit double sums over each subset (Binkowski et al. 2018, eq. 4)."""
+    d = real.shape[1]
+    values = []
+    for real_idx, fake_idx in subsets:
+        x, y = real[real_idx], fake[fake_idx]
+        m = len(x)
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        off = ~np.eye(m, dtype=bool)
+        values.append(kxx[off].sum() / (m * (m - 1)) + kyy[off].sum() / (m * (m - 1)) - 2 * kxy.sum() / m**2)
+    return float(np.mean(values)), float(np.std(values))
+
+
+def torch_subsets(n_real: int, n_fake: int, subsets: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The draws `kid` and torchmetrics make: per subset, randperm(real) then randperm(fake)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(subsets):
+        r = torch.randperm(n_real, generator=g)[:size].numpy()
+        f = torch.randperm(n_fake, generator=g)[:size].numpy()
+        out.append((r, f))
+    return out
+
+
+def test_polynomial_kernel_closed_form():
+    a = torch.tensor([[1.0, 2.0]])
+    b = torch.tensor([[3.0, -1.0], [0.0, 0.0]])
+    # (a.b / 2 + 1)^3: a.b = 1 -> 1.5^3; a.0 = 0 -> 1.
+    torch.testing.assert_close(polynomial_kernel(a, b), torch.tensor([[3.375, 1.0]]))
+
+
+def test_mmd2_unbiased_of_known_matrices():
+    kxx = torch.tensor([[9.0, 1.0], [3.0, 9.0]])
+    kyy = torch.tensor([[9.0, 2.0], [2.0, 9.0]])
+    kxy = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    # Off-diagonal means 2 and 2, cross mean 2.5: 2 + 2 - 5.
+    assert mmd2_unbiased(kxx, kyy, kxy).item() == pytest.approx(-1.0)
+
+
+def test_kid_matches_numpy_reference(generator):
+    real = torch.randn(60, 32, generator=generator, dtype=torch.float64)
+    fake = torch.randn(50, 32, generator=generator, dtype=torch.float64) + 0.3
+    mean, std = kid(real, fake, subsets=20, subset_size=15, generator=torch.Generator().manual_seed(7))
+    ref_mean, ref_std = numpy_kid(real.numpy(), fake.numpy(), torch_subsets(60, 50, 20, 15, seed=7))
+    assert abs(mean - ref_mean) / abs(ref_mean) < 1e-6
+    assert abs(std - ref_std) / abs(ref_std) < 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kid_matches_torchmetrics(generator, dtype):
+    real = torch.randn(40, 64, generator=generator).to(dtype)
+    fake = (torch.randn(36, 64, generator=generator) * 1.2 + 0.2).to(dtype)
+    # A custom feature module sees the "images" we pass: identity turns them into the features themselves.
+    metric = KernelInceptionDistance(feature=nn.Identity(), subsets=25, subset_size=9)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    torch.manual_seed(123)  # torchmetrics draws its subsets from the global RNG
+    tm_mean, tm_std = (v.item() for v in metric.compute())
+    mean, std = kid(real, fake, subsets=25, subset_size=9, generator=torch.Generator().manual_seed(123))
+    # float64: identical up to summation order; float32: torchmetrics rounds its kernels (we evaluate in float64).
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert mean == pytest.approx(tm_mean, rel=tol)
+    assert std == pytest.approx(tm_std, rel=tol)
+
+
+def test_kid_near_zero_for_one_distribution_and_grows_with_shift(generator):
+    real = torch.randn(300, 16, generator=generator)
+    same = torch.randn(300, 16, generator=generator)
+    values = {}
+    for shift in (0.0, 0.5, 1.0):
+        values[shift] = kid(real, same + shift, subsets=50, subset_size=100, generator=torch.Generator().manual_seed(0))
+    mean0, std0 = values[0.0]
+    assert abs(mean0) < 3 * std0 + 1e-3
+    assert values[0.5][0] > mean0 + 3 * std0
+    assert values[1.0][0] > 2 * values[0.5][0]
+
+
+def test_kid_is_seeded(generator):
+    real = torch.randn(30, 8, generator=generator)
+    fake = torch.randn(30, 8, generator=generator)
+    first = kid(real, fake, subsets=10, subset_size=7, generator=torch.Generator().manual_seed(3))
+    again = kid(real, fake, subsets=10, subset_size=7, generator=torch.Generator().manual_seed(3))
+    other = kid(real, fake, subsets=10, subset_size=7, generator=torch.Generator().manual_seed(4))
+    assert first == again
+    assert first != other
+
+
+def test_kid_rejects_bad_subset_size(generator):
+    feats = torch.randn(10, 4, generator=generator)
+    with pytest.raises(ValueError, match="subset_size"):
+        kid(feats, feats, subsets=2, subset_size=11)
+    with pytest.raises(ValueError, match="subset_size"):
+        kid(feats, feats, subsets=2, subset_size=1)
