@@ -36,18 +36,28 @@ def _draw(fn, shape: Sequence[int], generator: Generator, device: torch.device, 
     n = shape[0]
     if n % len(gens) != 0:
         raise ValueError(f"batch of {n} cannot draw from {len(gens)} per-sample generators")
-    rows = [fn(tuple(shape[1:]), generator=gens[i % len(gens)], device=gens[i % len(gens)].device, dtype=dtype)
-            for i in range(n)]
+    rows = [
+        fn(tuple(shape[1:]), generator=gens[i % len(gens)], device=gens[i % len(gens)].device, dtype=dtype)
+        for i in range(n)
+    ]
     return torch.stack(rows).to(device)
 
 
-def randn(shape: Sequence[int], generator: Generator = None, device: torch.device | str = "cpu",
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def randn(
+    shape: Sequence[int],
+    generator: Generator = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Standard normal tensor of `shape`, drawn as the module docstring describes."""
     return _draw(torch.randn, shape, generator, torch.device(device), dtype)
 
 
-def rand(shape: Sequence[int], generator: Generator = None, device: torch.device | str = "cpu",
-         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def rand(
+    shape: Sequence[int],
+    generator: Generator = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Uniform [0, 1) tensor of `shape`, drawn as the module docstring describes."""
     return _draw(torch.rand, shape, generator, torch.device(device), dtype)

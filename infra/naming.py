@@ -1,0 +1,44 @@
+"""Folder names that later commands depend on (SPEC 3.2, 3.3): one small function each."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def model_tag(model: str) -> str:
+    """Registry key as used in folder names: '/' becomes '-' ('DiT-S/2' -> 'DiT-S-2')."""
+    return model.replace("/", "-")
+
+
+def experiment_dir(results_dir: str | Path, model: str, fold: int) -> Path:
+    """The next experiment folder `{results_dir}/{NNN}-{model}-{fold}` (SPEC 3.2).
+
+    NNN is the zero-padded count of entries already in `results_dir`, as the reference counts them.
+    """
+    results_dir = Path(results_dir)
+    index = len(list(results_dir.iterdir())) if results_dir.is_dir() else 0
+    return results_dir / f"{index:03d}-{model_tag(model)}-{fold}"
+
+
+def sample_folder_name(
+    model: str,
+    fold: int,
+    num_sampling_steps: int,
+    ckpt: str | Path,
+    image_size: int,
+    vae: str,
+    cfg_scale: float,
+    global_seed: int,
+) -> str:
+    """Sample folder of `sample_ddp.py` / `sample_ddp_val.py` (SPEC 3.3).
+
+    Example: `GeCA-S-GS-fold-0-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0`. A `--vae` given as a local
+    folder contributes its base name.
+    """
+    ckpt_string = os.path.basename(str(ckpt)).replace(".pt", "")
+    vae_string = os.path.basename(os.path.normpath(str(vae)))
+    return (
+        f"{model_tag(model)}-GS-fold-{fold}-nstep-{num_sampling_steps}-{ckpt_string}-size-{image_size}"
+        f"-vae-{vae_string}-cfg-{cfg_scale}-seed-{global_seed}"
+    )

@@ -1,0 +1,94 @@
+"""Generate the augmentation set: every training label vector `--expand_ratio` times (SPEC 3.3).
+
+Reference launch (SPEC 1):
+    torchrun --nnodes=1 --nproc_per_node=1 --master_port 29506 sample_ddp.py --per-proc-batch-size 64 \
+        --expand_ratio 5 --model GeCA-S --data-path ./store/oct_features/ --fold 0 --num-sampling-steps 250 \
+        --ckpt ./results_oct_GeCA/000-GeCA-S-0/checkpoints/best_ckpt.pt --sample-dir ./synthetic_oct/
+Writes `{sample-dir}/{model}-GS-fold-...-seed-{seed}/gen_samples/{index:06d}.png` and `train_syn_{fold}.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from infra.distributed import cleanup_distributed, setup_distributed
+from infra.logs import create_logger
+from infra.seeding import rank_seed, seed_everything
+from synthesis.cli import add_sampling_args, check_sampling_args, repeat_labels, resolve_label_names, sampling_setup
+from synthesis.generate import SynthesisJob, run_synthesis
+
+
+def training_labels(features_path: str, fold: int, num_classes: int) -> list[np.ndarray]:
+    """Every saved training label vector `labels_{fold}/{i}.npy` (each (1, K)), as (K,) integer arrays."""
+    label_dir = Path(features_path) / f"labels_{fold}"
+    files = sorted(label_dir.glob("*.npy"))
+    if not files:
+        raise FileNotFoundError(
+            f"no label files in {label_dir}: --data-path must be the features folder written by "
+            f"extract_features.py for --fold {fold}"
+        )
+    labels = []
+    for f in files:
+        y = np.load(f).reshape(-1)
+        if y.shape[0] != num_classes:
+            raise ValueError(f"{f} has {y.shape[0]} labels, but --num-classes is {num_classes}")
+        labels.append(y.astype(np.int64))
+    return labels
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Sample the augmentation set of one fold; returns the run summary."""
+    dist = setup_distributed(args.device)
+    seed_everything(rank_seed(args.global_seed, dist.world_size, dist.rank))
+    logger = create_logger("sample_ddp", rank=dist.rank)
+    try:
+        # Labels first: a missing fold fails before any model is built.
+        names = resolve_label_names(args)
+        labels = repeat_labels(
+            training_labels(args.data_path, args.fold, args.num_classes),
+            args.expand_ratio,
+            shuffle_seed=args.global_seed,
+        )
+        model, diffusion, vae, latent_shape, folder = sampling_setup(args, dist)
+        logger.info(
+            f"{len(labels)} images ({args.expand_ratio} x training labels) into {folder} on {dist.device}, "
+            f"{dist.world_size} process(es), cfg {args.cfg_scale}, {args.num_sampling_steps} {args.sampler} "
+            "steps"
+        )
+        job = SynthesisJob(np.stack(labels), names, folder, "gen_samples", f"train_syn_{args.fold}.csv")
+        return run_synthesis(
+            job,
+            model,
+            diffusion,
+            dist,
+            global_seed=args.global_seed,
+            per_proc_batch=args.per_proc_batch_size,
+            latent_shape=latent_shape,
+            cfg_scale=args.cfg_scale,
+            sampler=args.sampler,
+            vae=vae,
+            logger=logger,
+        )
+    finally:
+        cleanup_distributed()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_sampling_args(p)
+    p.add_argument("--data-path", type=str, required=True, help="features folder holding labels_{fold}/")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_sampling_args(p, args)
+    return args
+
+
+if __name__ == "__main__":
+    main(parse_args())

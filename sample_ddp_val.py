@@ -1,0 +1,82 @@
+"""Generate a synthetic copy of the validation split: one image per validation label vector (SPEC 3.4).
+
+Reference launch (SPEC 1):
+    torchrun --nnodes=1 --nproc_per_node=1 --master_port 29506 sample_ddp_val.py --expand_ratio 1 --model GeCA-S \
+        --data-path data/oct_multilabel/ --fold 0 --num-sampling-steps 250 \
+        --ckpt ./results_oct_GeCA/000-GeCA-S-0/checkpoints/best_ckpt.pt --sample-dir ./synthetic_oct/
+Writes `{sample-dir}/{model}-GS-fold-...-seed-{seed}/gen_samples_val/{index:06d}.png` and `val_syn_{fold}.csv`.
+RetinaMNIST uses its test split (SPEC C2.7).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from infra.distributed import cleanup_distributed, setup_distributed
+from infra.logs import create_logger
+from infra.seeding import rank_seed, seed_everything
+from synthesis.cli import add_sampling_args, check_sampling_args, repeat_labels, resolve_label_names, sampling_setup
+from synthesis.generate import SynthesisJob, run_synthesis
+
+
+def validation_labels(args: argparse.Namespace) -> np.ndarray:
+    """The label rows of `val_{fold}.csv` in file order (RetinaMNIST: the test split), as (N, K) integers."""
+    from data.select import evaluation_labels, pick_dataset
+
+    kind = pick_dataset(args.data_path, args.dataset)
+    return evaluation_labels(kind, args.data_path, args.fold, args.label_columns)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Sample the validation copy of one fold; returns the run summary."""
+    dist = setup_distributed(args.device)
+    seed_everything(rank_seed(args.global_seed, dist.world_size, dist.rank))
+    logger = create_logger("sample_ddp_val", rank=dist.rank)
+    try:
+        names = resolve_label_names(args)
+        rows = validation_labels(args)
+        if rows.shape[1] != args.num_classes:
+            raise ValueError(f"{args.data_path}: {rows.shape[1]} label columns, --num-classes is {args.num_classes}")
+        labels = repeat_labels(list(rows), args.expand_ratio, shuffle_seed=None)
+        model, diffusion, vae, latent_shape, folder = sampling_setup(args, dist)
+        logger.info(
+            f"{len(labels)} images (validation labels x {args.expand_ratio}) into {folder} on "
+            f"{dist.device}, {dist.world_size} process(es), cfg {args.cfg_scale}"
+        )
+        job = SynthesisJob(np.stack(labels), names, folder, "gen_samples_val", f"val_syn_{args.fold}.csv")
+        return run_synthesis(
+            job,
+            model,
+            diffusion,
+            dist,
+            global_seed=args.global_seed,
+            per_proc_batch=args.per_proc_batch_size,
+            latent_shape=latent_shape,
+            cfg_scale=args.cfg_scale,
+            sampler=args.sampler,
+            vae=vae,
+            logger=logger,
+        )
+    finally:
+        cleanup_distributed()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_sampling_args(p)
+    p.add_argument("--data-path", type=str, required=True, help="raw dataset root with val_{fold}.csv")
+    p.add_argument("--in_channels", type=int, default=4, help="model input channels (3 with --image_space)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_sampling_args(p, args)
+    return args
+
+
+if __name__ == "__main__":
+    main(parse_args())

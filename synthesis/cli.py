@@ -1,0 +1,143 @@
+"""Command-line pieces shared by the two sampling scripts: their common flags and model/VAE/diffusion set-up."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from diffusion import create_diffusion
+from infra.checkpoint import find_model
+from infra.distributed import DistInfo
+from infra.naming import sample_folder_name
+from models import DiT_models
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Flags common to `sample_ddp.py` and `sample_ddp_val.py` (SPEC 3.3) and this project's additions."""
+    p.add_argument("--model", type=str, choices=list(DiT_models.keys()), default="DiT-XL/2", help="registry key")
+    p.add_argument(
+        "--vae", type=str, default="ema", help="ema | mse (stabilityai/sd-vae-ft-*) or a local AutoencoderKL folder"
+    )
+    p.add_argument("--sample-dir", type=str, default="samples", help="parent of the sample folder")
+    p.add_argument("--per-proc-batch-size", type=int, default=32, help="images per process per batch")
+    p.add_argument("--num-fid-samples", type=int, default=50_000, help="no effect (unused by the reference too)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="image side in pixels; the reference allows 256/512, any multiple of 8 is accepted here",
+    )
+    p.add_argument("--num-classes", type=int, default=11, help="label vector length")
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale (>= 1; 1 = off)")
+    p.add_argument("--num-sampling-steps", type=int, default=250, help="respaced diffusion steps")
+    p.add_argument("--global-seed", type=int, default=0, help="image i's noise is seeded by (global seed, i)")
+    p.add_argument("--tf32", action="store_true", default=True, help="TF32 matmuls on CUDA (always on, as reference)")
+    p.add_argument("--ckpt", type=str, default=None, help="checkpoint from train.py (its EMA weights are used)")
+    p.add_argument("--fold", type=int, default=0, help="fold number")
+    p.add_argument("--expand_ratio", type=int, default=1, help="images per label vector (passes over the labels)")
+    p.add_argument("--image_space", action="store_true", help="the model generates pixels (no VAE)")
+    p.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim"],
+        default="ddpm",
+        help="ddpm: ancestral sampling (reference); ddim: deterministic, fewer steps, keeps the cell state",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=["oct", "retinamnist", "csv", "tnbc"],
+        default=None,
+        help="dataset kind (label names); default: guessed from --data-path as the reference does",
+    )
+    p.add_argument("--label-columns", nargs="+", default=None, help="label names of a --dataset csv")
+    p.add_argument("--device", type=str, default=None, help="device (default: CUDA when available, else CPU)")
+
+
+def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject bad flag values before any work."""
+    if args.cfg_scale < 1.0:
+        p.error(f"--cfg-scale must be >= 1, got {args.cfg_scale}")
+    if args.ckpt is None:
+        p.error(
+            "--ckpt is required: the reference's fallback downloads an ImageNet DiT-XL/2, which does not fit "
+            "multi-hot labels"
+        )
+    if not Path(args.ckpt).is_file():
+        p.error(f"--ckpt {args.ckpt} does not exist")
+    if args.image_size % 8 != 0:
+        p.error(f"--image-size {args.image_size} must be a multiple of 8")
+    if args.expand_ratio < 1 or args.per_proc_batch_size < 1:
+        p.error("--expand_ratio and --per-proc-batch-size must be >= 1")
+
+
+def resolve_label_names(args: argparse.Namespace) -> list[str]:
+    """Label names from `--dataset`, else from the path as the reference guesses; checked against --num-classes."""
+    from data.select import label_names_for, pick_dataset
+
+    kind = pick_dataset(args.data_path, args.dataset)
+    names = list(label_names_for(kind, args.label_columns))
+    if len(names) != args.num_classes:
+        raise ValueError(
+            f"--num-classes {args.num_classes} does not match the {len(names)} labels of "
+            f"--data-path {args.data_path} ({kind}: {names})"
+        )
+    return names
+
+
+def load_sampling_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """The EMA weights of `--ckpt` in the `--model` architecture, in eval mode; and the latent shape (C, h, w)."""
+    latent = args.image_size if args.image_space else args.image_size // 8
+    in_channels = getattr(args, "in_channels", 3 if args.image_space else 4)
+    model = DiT_models[args.model](input_size=latent, num_classes=args.num_classes, in_channels=in_channels)
+    state = find_model(args.ckpt)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"--ckpt {args.ckpt} does not match --model {args.model} with --num-classes "
+            f"{args.num_classes}, --image-size {args.image_size}: {str(err).splitlines()[0]}"
+        ) from err
+    return model.to(device).eval(), (in_channels, latent, latent)
+
+
+def sampling_setup(args: argparse.Namespace, dist: DistInfo):
+    """Model, respaced diffusion, VAE (None in image space) and the sample folder of a sampling run."""
+    if dist.device.type == "cuda" and args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.set_grad_enabled(False)
+    model, latent_shape = load_sampling_model(args, dist.device)
+    spacing = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
+    diffusion = create_diffusion(spacing)
+    vae = None
+    if not args.image_space:
+        from data.vae import load_vae
+
+        vae = load_vae(args.vae, dist.device)
+    name = sample_folder_name(
+        args.model,
+        args.fold,
+        args.num_sampling_steps,
+        args.ckpt,
+        args.image_size,
+        args.vae,
+        args.cfg_scale,
+        args.global_seed,
+    )
+    if args.sampler == "ddim":
+        name += "-ddim"
+    return model, diffusion, vae, latent_shape, Path(args.sample_dir) / name
+
+
+def repeat_labels(labels: Sequence, expand_ratio: int, shuffle_seed: int | None) -> list:
+    """`expand_ratio` passes over the label list, each pass in its own seeded order (None keeps file order)."""
+    out = []
+    for r in range(expand_ratio):
+        if shuffle_seed is None:
+            out.extend(labels)
+        else:
+            g = torch.Generator().manual_seed(shuffle_seed * 1_000_003 + r)
+            out.extend(labels[i] for i in torch.randperm(len(labels), generator=g).tolist())
+    return out
