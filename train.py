@@ -270,10 +270,11 @@ def main(args: argparse.Namespace) -> Path:
     logger.info(f"Dataset contains {len(train_set):,} items ({'images' if args.image_space else 'latents'})")
 
     # Model, EMA, optimiser, diffusion.
-    model_kwargs = {"nca_checkpoint": args.nca_checkpoint} if args.nca_checkpoint else {}
-    model = DiT_models[args.model](
-        input_size=latent_size, num_classes=args.num_classes, in_channels=args.in_channels, **model_kwargs
-    )
+    model = DiT_models[args.model](input_size=latent_size, num_classes=args.num_classes, in_channels=args.in_channels)
+    if args.nca_checkpoint:
+        if not getattr(model, "is_cellular", False):
+            raise ValueError(f"--nca-checkpoint applies to cellular models (GeCA), not --model {args.model}")
+        model.nca_checkpoint = args.nca_checkpoint
     if args.load_from and os.path.exists(args.load_from):
         model.load_state_dict(find_model(os.path.join(args.load_from, "best_ckpt.pt")))
         logger.info(f"Initialised from {args.load_from}/best_ckpt.pt")

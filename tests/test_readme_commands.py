@@ -1,0 +1,44 @@
+"""Every entry-script command in the README parses with that script's own parser (STYLE 11)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SCRIPTS = ("extract_features", "train", "sample_ddp", "sample_ddp_val", "evaluate", "classify")
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """(script, argv) of every `<launcher> script.py args...` command in the README's bash blocks."""
+    text = README.read_text()
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("#", 1)[0].strip()
+            words = shlex.split(line) if line else []
+            for i, word in enumerate(words):
+                name = Path(word).stem
+                if word.endswith(".py") and name in SCRIPTS:
+                    found.append((name, words[i + 1 :]))
+                    break
+    return found
+
+
+COMMANDS = readme_commands()
+
+
+def test_readme_shows_every_script():
+    assert {name for name, _ in COMMANDS} == set(SCRIPTS)
+
+
+@pytest.mark.parametrize(("script", "argv"), COMMANDS, ids=[f"{s}-{i}" for i, (s, _) in enumerate(COMMANDS)])
+def test_readme_command_parses(script, argv):
+    module = importlib.import_module(script)
+    args = module.build_parser().parse_args(argv)
+    assert args is not None
