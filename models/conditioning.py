@@ -79,6 +79,42 @@ def guidance_combine(model_out: torch.Tensor, cfg_scale: float, guided_channels:
     return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
 
 
+class GuidedDenoiser:
+    """Classifier-free guidance for denoisers whose `forward` returns one tensor (DiT, LDM-B).
+
+    A mixin for `nn.Module` subclasses with an `in_channels` attribute; GeCA has its own version (GHG).
+    """
+
+    in_channels: int
+
+    def forward_with_cfg(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        cfg_scale: float,
+        extras: torch.Tensor | None = None,
+        generator: rng.Generator = None,
+    ) -> torch.Tensor:
+        """Classifier-free guidance on the epsilon channels.
+
+        Args:
+            x: (2N, C, H, W) doubled batch; only the first half is used.
+            t: (2N,) original timesteps.
+            y: (2N, K) labels [labels; zeros].
+            cfg_scale: guidance scale.
+            extras: accepted and ignored.
+            generator: accepted for interface symmetry (no randomness in eval).
+
+        Returns:
+            (2N, 2C, H, W) guided output.
+        """
+        half = x[: len(x) // 2]
+        combined = torch.cat([half, half], dim=0)  # (2N, C, H, W)
+        out = self.forward(combined, t, y, generator=generator)  # (2N, 2C, H, W)
+        return guidance_combine(out, cfg_scale, self.in_channels)
+
+
 def xavier_init_linears(model: nn.Module) -> None:
     """DiT's basic initialisation, shared by GeCA (SPEC A 4.8) and DiT: Xavier-uniform Linear weights, zero biases."""
     for module in model.modules():

@@ -17,9 +17,9 @@ from torch.utils.checkpoint import checkpoint
 from infra import rng
 from models.conditioning import (
     FinalLayer,
+    GuidedDenoiser,
     LabelEmbedder,
     TimestepEmbedder,
-    guidance_combine,
     modulate,
     xavier_init_linears,
 )
@@ -84,7 +84,7 @@ class DiTBlock(nn.Module):
         return x
 
 
-class DiT(nn.Module):
+class DiT(GuidedDenoiser, nn.Module):
     """Diffusion transformer predicting epsilon and the variance interpolation (2C channels).
 
     Args:
@@ -194,33 +194,6 @@ class DiT(nn.Module):
             x = checkpoint(block, x, c, use_reentrant=False) if use_checkpoint else block(x, c)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, p*p*2C)
         return self.unpatchify(x)  # (N, 2C, H, W)
-
-    def forward_with_cfg(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        cfg_scale: float,
-        extras: torch.Tensor | None = None,
-        generator: rng.Generator = None,
-    ) -> torch.Tensor:
-        """Classifier-free guidance on the epsilon channels.
-
-        Args:
-            x: (2N, C, H, W) doubled batch; only the first half is used.
-            t: (2N,) original timesteps.
-            y: (2N, K) labels [labels; zeros].
-            cfg_scale: guidance scale.
-            extras: accepted and ignored.
-            generator: accepted for interface symmetry (no randomness in eval).
-
-        Returns:
-            (2N, 2C, H, W) guided output.
-        """
-        half = x[: len(x) // 2]
-        combined = torch.cat([half, half], dim=0)  # (2N, C, H, W)
-        out = self.forward(combined, t, y, generator=generator)  # (2N, 2C, H, W)
-        return guidance_combine(out, cfg_scale, self.in_channels)
 
 
 def DiT_XL_2(**kwargs) -> DiT:

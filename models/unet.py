@@ -12,10 +12,10 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from infra import rng
-from models.conditioning import drop_label_entries, guidance_combine
+from models.conditioning import GuidedDenoiser, drop_label_entries
 
 
-class LDM(nn.Module):
+class LDM(GuidedDenoiser, nn.Module):
     """Label-conditioned UNet predicting epsilon and the variance interpolation (2C channels).
 
     Args:
@@ -90,33 +90,6 @@ class LDM(nn.Module):
             y = drop_label_entries(y, self.class_dropout_prob, generator)
         label_emb = self.y_embedder(y.to(self.y_embedder.weight.dtype))  # (N, 4*C0)
         return self.unet(x, t, class_labels=label_emb).sample  # (N, 2C, H, W)
-
-    def forward_with_cfg(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        cfg_scale: float,
-        extras: torch.Tensor | None = None,
-        generator: rng.Generator = None,
-    ) -> torch.Tensor:
-        """Classifier-free guidance on the epsilon channels.
-
-        Args:
-            x: (2N, C, H, W) doubled batch; only the first half is used.
-            t: (2N,) original timesteps.
-            y: (2N, K) labels [labels; zeros].
-            cfg_scale: guidance scale.
-            extras: accepted and ignored.
-            generator: accepted for interface symmetry (no randomness in eval).
-
-        Returns:
-            (2N, 2C, H, W) guided output.
-        """
-        half = x[: len(x) // 2]
-        combined = torch.cat([half, half], dim=0)  # (2N, C, H, W)
-        out = self.forward(combined, t, y, generator=generator)  # (2N, 2C, H, W)
-        return guidance_combine(out, cfg_scale, self.in_channels)
 
 
 def LDM_B(**kwargs) -> LDM:
