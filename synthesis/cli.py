@@ -107,7 +107,6 @@ def sampling_setup(args: argparse.Namespace, dist: DistInfo):
     if dist.device.type == "cuda" and args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    torch.set_grad_enabled(False)
     model, latent_shape = load_sampling_model(args, dist.device)
     spacing = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
     diffusion = create_diffusion(spacing)
