@@ -14,11 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infra.distributed import cleanup_distributed, setup_distributed
-from infra.logs import create_logger
-from infra.seeding import rank_seed, seed_everything
-from synthesis.cli import add_sampling_args, check_sampling_args, repeat_labels, resolve_label_names, sampling_setup
-from synthesis.generate import SynthesisJob, run_synthesis
+from synthesis.cli import add_sampling_args, check_sampling_args, repeat_labels
+from synthesis.script import run_sampling_script
 
 
 def training_labels(features_path: str, fold: int, num_classes: int) -> list[np.ndarray]:
@@ -41,39 +38,12 @@ def training_labels(features_path: str, fold: int, num_classes: int) -> list[np.
 
 def main(args: argparse.Namespace) -> dict:
     """Sample the augmentation set of one fold; returns the run summary."""
-    dist = setup_distributed(args.device)
-    seed_everything(rank_seed(args.global_seed, dist.world_size, dist.rank))
-    logger = create_logger("sample_ddp", rank=dist.rank)
-    try:
-        # Labels first: a missing fold fails before any model is built.
-        names = resolve_label_names(args)
-        labels = repeat_labels(
-            training_labels(args.data_path, args.fold, args.num_classes),
-            args.expand_ratio,
-            shuffle_seed=args.global_seed,
-        )
-        model, diffusion, vae, latent_shape, folder = sampling_setup(args, dist)
-        logger.info(
-            f"{len(labels)} images ({args.expand_ratio} x training labels) into {folder} on {dist.device}, "
-            f"{dist.world_size} process(es), cfg {args.cfg_scale}, {args.num_sampling_steps} {args.sampler} "
-            "steps"
-        )
-        job = SynthesisJob(np.stack(labels), names, folder, "gen_samples", f"train_syn_{args.fold}.csv")
-        return run_synthesis(
-            job,
-            model,
-            diffusion,
-            dist,
-            global_seed=args.global_seed,
-            per_proc_batch=args.per_proc_batch_size,
-            latent_shape=latent_shape,
-            cfg_scale=args.cfg_scale,
-            sampler=args.sampler,
-            vae=vae,
-            logger=logger,
-        )
-    finally:
-        cleanup_distributed()
+
+    def labels() -> list[np.ndarray]:
+        base = training_labels(args.data_path, args.fold, args.num_classes)
+        return repeat_labels(base, args.expand_ratio, shuffle_seed=args.global_seed)
+
+    return run_sampling_script(args, "sample_ddp", labels, "gen_samples", f"train_syn_{args.fold}.csv")
 
 
 def build_parser() -> argparse.ArgumentParser:

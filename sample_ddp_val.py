@@ -14,11 +14,8 @@ import argparse
 
 import numpy as np
 
-from infra.distributed import cleanup_distributed, setup_distributed
-from infra.logs import create_logger
-from infra.seeding import rank_seed, seed_everything
-from synthesis.cli import add_sampling_args, check_sampling_args, repeat_labels, resolve_label_names, sampling_setup
-from synthesis.generate import SynthesisJob, run_synthesis
+from synthesis.cli import add_sampling_args, check_sampling_args, repeat_labels
+from synthesis.script import run_sampling_script
 
 
 def validation_labels(args: argparse.Namespace) -> np.ndarray:
@@ -31,36 +28,14 @@ def validation_labels(args: argparse.Namespace) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> dict:
     """Sample the validation copy of one fold; returns the run summary."""
-    dist = setup_distributed(args.device)
-    seed_everything(rank_seed(args.global_seed, dist.world_size, dist.rank))
-    logger = create_logger("sample_ddp_val", rank=dist.rank)
-    try:
-        names = resolve_label_names(args)
+
+    def labels() -> list[np.ndarray]:
         rows = validation_labels(args)
         if rows.shape[1] != args.num_classes:
             raise ValueError(f"{args.data_path}: {rows.shape[1]} label columns, --num-classes is {args.num_classes}")
-        labels = repeat_labels(list(rows), args.expand_ratio, shuffle_seed=None)
-        model, diffusion, vae, latent_shape, folder = sampling_setup(args, dist)
-        logger.info(
-            f"{len(labels)} images (validation labels x {args.expand_ratio}) into {folder} on "
-            f"{dist.device}, {dist.world_size} process(es), cfg {args.cfg_scale}"
-        )
-        job = SynthesisJob(np.stack(labels), names, folder, "gen_samples_val", f"val_syn_{args.fold}.csv")
-        return run_synthesis(
-            job,
-            model,
-            diffusion,
-            dist,
-            global_seed=args.global_seed,
-            per_proc_batch=args.per_proc_batch_size,
-            latent_shape=latent_shape,
-            cfg_scale=args.cfg_scale,
-            sampler=args.sampler,
-            vae=vae,
-            logger=logger,
-        )
-    finally:
-        cleanup_distributed()
+        return repeat_labels(list(rows), args.expand_ratio, shuffle_seed=None)
+
+    return run_sampling_script(args, "sample_ddp_val", labels, "gen_samples_val", f"val_syn_{args.fold}.csv")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,60 @@
+"""The body both sampling scripts share: set up the process, load labels, build the model, synthesise."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from infra.distributed import cleanup_distributed, setup_distributed
+from infra.logs import create_logger
+from infra.seeding import rank_seed, seed_everything
+from synthesis.cli import resolve_label_names, sampling_setup
+from synthesis.generate import SynthesisJob, run_synthesis
+
+
+def run_sampling_script(
+    args: argparse.Namespace,
+    name: str,
+    load_labels: Callable[[], Sequence[np.ndarray]],
+    subdir: str,
+    csv_name: str,
+) -> dict:
+    """Run one sampling script end to end and return its summary (see `run_synthesis`).
+
+    Args:
+        args: the parsed flags (`synthesis.cli.add_sampling_args` plus `--data-path`).
+        name: logger name (the script's).
+        load_labels: returns the label vector of every image to generate, in index order; called before the model
+            is built, so a missing fold fails early.
+        subdir: `gen_samples` or `gen_samples_val`.
+        csv_name: `train_syn_{fold}.csv` or `val_syn_{fold}.csv`.
+    """
+    dist = setup_distributed(args.device)
+    seed_everything(rank_seed(args.global_seed, dist.world_size, dist.rank))
+    logger = create_logger(name, rank=dist.rank)
+    try:
+        names = resolve_label_names(args)
+        labels = np.stack(list(load_labels()))
+        model, diffusion, vae, latent_shape, folder = sampling_setup(args, dist)
+        logger.info(
+            f"{len(labels)} images into {folder / subdir} on {dist.device}, {dist.world_size} process(es), "
+            f"cfg {args.cfg_scale}, {args.num_sampling_steps} {args.sampler} steps"
+        )
+        job = SynthesisJob(labels, names, folder, subdir, csv_name)
+        return run_synthesis(
+            job,
+            model,
+            diffusion,
+            dist,
+            global_seed=args.global_seed,
+            per_proc_batch=args.per_proc_batch_size,
+            latent_shape=latent_shape,
+            cfg_scale=args.cfg_scale,
+            sampler=args.sampler,
+            vae=vae,
+            logger=logger,
+        )
+    finally:
+        cleanup_distributed()
