@@ -35,6 +35,10 @@ def standardize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Standardise all three sets per dimension with the test set's mean and unbiased standard deviation.
 
+    A dimension that is constant over the test set (std 0, e.g. an Inception channel that is zero for every image
+    of a small or uniform set) is centred but not scaled. fld divides by the zero and the gap becomes NaN; this is
+    the one deviation from it, and it leaves every other dimension as fld computes it.
+
     Args:
         train: (N_T, D). test: (N_H, D). gen: (N_G, D).
 
@@ -42,6 +46,7 @@ def standardize(
         The three standardised sets, same shapes.
     """
     mean, std = test.mean(dim=0), test.std(dim=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
     return (train - mean) / std, (test - mean) / std, (gen - mean) / std
 
 

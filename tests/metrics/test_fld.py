@@ -110,3 +110,18 @@ def test_fld_score_is_finite_and_lower_for_fresh_samples_than_for_noise(generato
     spread = fld_score(train, test, 3 * gen, torch.Generator().manual_seed(0))
     assert math.isfinite(fresh)
     assert fresh < spread
+
+
+def test_dimension_constant_over_test_set_is_centred_not_scaled():
+    from metrics.fld import generalization_gap, standardize
+
+    g = torch.Generator().manual_seed(3)
+    train, test, gen = (torch.randn(n, 6, generator=g, dtype=torch.float64) for n in (40, 30, 20))
+    for t in (train, test, gen):
+        t[:, 2] = 0.0  # a channel that is zero for every image
+    train[:5, 2] = 1.5  # ... except for a few training images
+    s_train, s_test, _ = standardize(train, test, gen)
+    # Column 2 is only centred (test mean 0, no scaling); the other columns are standardised as fld does.
+    torch.testing.assert_close(s_train[:, 2], train[:, 2])
+    torch.testing.assert_close(s_test[:, [0, 1]], (test[:, [0, 1]] - test[:, [0, 1]].mean(0)) / test[:, [0, 1]].std(0))
+    assert torch.isfinite(torch.tensor(generalization_gap(train, test, gen, torch.Generator().manual_seed(0))))
