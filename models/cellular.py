@@ -7,10 +7,11 @@ it is in.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from infra import rng
 
@@ -50,15 +51,172 @@ def seed_cells(
     return cells
 
 
-def local_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int, scale: float | None = None
-) -> torch.Tensor:
-    """Exact 3x3 local attention on a raster-ordered grid of tokens.
+def _overlap(size: int, offset: int) -> tuple[slice, slice]:
+    """Along one grid axis: the query positions whose neighbour at `offset` is inside, and those neighbours."""
+    return slice(max(0, -offset), size - max(0, offset)), slice(max(0, offset), size + min(0, offset))
+
+
+def _neighbour_regions(height: int, width: int) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """For each of the 9 offsets (row-major), index tuples (queries, their neighbours) into (N, H, W, ...) tensors."""
+    regions = []
+    for dr, dc in NEIGHBOUR_OFFSETS:
+        (q_rows, k_rows), (q_cols, k_cols) = _overlap(height, dr), _overlap(width, dc)
+        regions.append(((slice(None), q_rows, q_cols), (slice(None), k_rows, k_cols)))
+    return regions
+
+
+# The centre offset covers the whole grid, so it initialises the output before the 8 border-clipped offsets add in.
+_CENTRE = NEIGHBOUR_OFFSETS.index((0, 0))
+_FILL_ORDER = (_CENTRE, *(s for s in range(len(NEIGHBOUR_OFFSETS)) if s != _CENTRE))
+
+
+class _GridLocalAttention(torch.autograd.Function):
+    """3x3 local attention on packed qkv with a hand-written backward.
+
+    Every neighbour offset touches only the overlap of the grid with its shifted copy, so out-of-grid neighbours are
+    never materialised: their logit stays exactly 0 (a zero key) and they add nothing to the output (a zero value),
+    which is the reference's zero padding (SPEC A 6). Nothing of size 9 x (N, H, W, heads, d) is allocated, and only
+    qkv (already kept by the qkv projection) and the (N, H, W, heads, 9) weights are saved for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, scale: float) -> torch.Tensor:
+        n, height, width, _, heads, _ = qkv.shape
+        q, k, v = qkv.unbind(3)  # each (N, H, W, heads, d), views
+        regions = _neighbour_regions(height, width)
+        logits = q.new_zeros(n, height, width, heads, len(regions))  # out-of-grid logits stay 0
+        for s, (qi, ki) in enumerate(regions):
+            torch.sum(q[qi] * k[ki], dim=-1, out=logits[(*qi, slice(None), s)])
+        # The softmax runs in at least float32 (half-precision inputs under autocast).
+        softmax_dtype = torch.promote_types(q.dtype, torch.float32)
+        weights = torch.softmax(logits.to(softmax_dtype) * scale, dim=-1).to(q.dtype)  # (N, H, W, heads, 9)
+        out = torch.mul(weights[..., _CENTRE, None], v)  # (N, H, W, heads, d)
+        for s in _FILL_ORDER[1:]:
+            qi, ki = regions[s]
+            out[qi].addcmul_(weights[(*qi, slice(None), s, None)], v[ki])
+        ctx.save_for_backward(qkv, weights)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
+        qkv, weights = ctx.saved_tensors
+        _, height, width, _, _, _ = qkv.shape
+        q, k, v = qkv.unbind(3)
+        regions = _neighbour_regions(height, width)
+        grad_weights = torch.zeros_like(weights)  # (N, H, W, heads, 9); zero for out-of-grid (zero) values
+        for s, (qi, ki) in enumerate(regions):
+            torch.sum(grad_out[qi] * v[ki], dim=-1, out=grad_weights[(*qi, slice(None), s)])
+        # Softmax backward, then the logit scale.
+        grad_logits = weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True)) * ctx.scale
+        grad_qkv = torch.zeros(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # (N, H, W, 3, heads, d)
+        grad_q, grad_k, grad_v = grad_qkv.unbind(3)
+        for s, (qi, ki) in enumerate(regions):
+            grad_logit = grad_logits[(*qi, slice(None), s, None)]
+            grad_q[qi].addcmul_(grad_logit, k[ki])
+            grad_k[ki].addcmul_(grad_logit, q[qi])
+            grad_v[ki].addcmul_(weights[(*qi, slice(None), s, None)], grad_out[qi])
+        return grad_qkv, None
+
+
+def grid_local_attention(qkv: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Exact 3x3 local attention on packed, grid-shaped queries, keys and values (the layout of GeCA's qkv).
 
     Each cell attends to its 9 neighbours (itself included). Neighbours outside the grid are zero vectors: they take
     part in the softmax with logit 0 and contribute a zero value, exactly as the reference's zero-padded impulse
-    convolution gather (SPEC A 4.5.5, A 6), which is not used here. Keys and values are zero-padded by one cell and
-    the 9 shifted views are slices of the padded tensor, so nothing of size 9 x (N, heads, H*W, d) is materialised.
+    convolution gather (SPEC A 4.5.5, A 6), which is not used here: each offset works on the overlap of the grid with
+    its shifted copy (views, no padding or gathered copies), and the backward is written out by hand. The softmax is
+    computed in at least float32.
+
+    Args:
+        qkv: (N, H, W, 3, heads, d) queries | keys | values; any strides (e.g. a view of the qkv projection).
+        scale: logit scale; d ** -0.5 when None.
+
+    Returns:
+        (N, H, W, heads, d) attention output (contiguous).
+    """
+    if qkv.ndim != 6 or qkv.shape[3] != 3:
+        raise ValueError(f"expected qkv of shape (N, H, W, 3, heads, d), got {tuple(qkv.shape)}")
+    scale = qkv.shape[-1] ** -0.5 if scale is None else scale
+    return _GridLocalAttention.apply(qkv, scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _flex_neighbourhood(height: int, width: int, device: torch.device) -> tuple[object, Callable]:
+    """FlexAttention block mask and score modifier of the exact 3x3 neighbourhood (see `flex_grid_local_attention`)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    tokens = height * width
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    rows_in = (rows + 1).clamp(max=height - 1) - (rows - 1).clamp(min=0) + 1  # (H,) neighbour rows inside the grid
+    cols_in = (cols + 1).clamp(max=width - 1) - (cols - 1).clamp(min=0) + 1  # (W,)
+    missing = (len(NEIGHBOUR_OFFSETS) - rows_in[:, None] * cols_in[None, :]).flatten()  # (T,) zero neighbours
+    log_missing = missing.clamp(min=1).float().log()  # masked out where nothing is missing
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        near = ((q_idx // width - kv_idx // width).abs() <= 1) & ((q_idx % width - kv_idx % width).abs() <= 1)
+        return (near & (kv_idx < tokens)) | ((kv_idx == tokens) & (missing[q_idx] > 0))
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        # The extra key is zero, so its logit is 0; + log(m) makes it weigh as the m zero neighbours together.
+        return torch.where(kv_idx == tokens, score + log_missing[q_idx], score)
+
+    block_mask = create_block_mask(mask_mod, None, None, tokens, tokens + 1, device=device)
+    return block_mask, score_mod
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_grid_local_attention(
+    qkv: torch.Tensor, scale: float | None = None, compile: bool | None = None
+) -> torch.Tensor:
+    """`grid_local_attention` through FlexAttention (one fused kernel on CUDA), with the same exact borders.
+
+    FlexAttention drops masked keys, whereas the reference's out-of-grid neighbours are zero vectors that stay in the
+    softmax (logit 0, value 0). One zero key is appended; the mask lets each cell see its in-grid neighbours and,
+    when m > 0 of its 9 neighbours are outside, the zero key with logit 0 + log m. Its softmax weight then equals
+    that of the m zero neighbours together and its value adds nothing, so the result equals the zero-padded 3x3
+    attention up to float rounding (SPEC A 6). FlexAttention has no CPU backward in torch 2.14; on CPU this is for
+    inference and tests.
+
+    Args:
+        qkv: (N, H, W, 3, heads, d) queries | keys | values.
+        scale: logit scale; d ** -0.5 when None.
+        compile: use the compiled (fused) kernel; default: when qkv is on CUDA. Uncompiled FlexAttention is a slow
+            reference implementation.
+
+    Returns:
+        (N, H, W, heads, d) attention output.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    n, height, width, _, heads, dim = qkv.shape
+    tokens = height * width
+    scale = dim**-0.5 if scale is None else scale
+    q, k, v = (t.reshape(n, tokens, heads, dim).transpose(1, 2) for t in qkv.unbind(3))  # (N, heads, T, d)
+    zero = q.new_zeros(n, heads, 1, dim)
+    k = torch.cat([k, zero], dim=2)  # (N, heads, T+1, d)
+    v = torch.cat([v, zero], dim=2)  # (N, heads, T+1, d)
+    block_mask, score_mod = _flex_neighbourhood(height, width, qkv.device)
+    attend = _compiled_flex_attention() if (qkv.is_cuda if compile is None else compile) else flex_attention
+    out = attend(q.contiguous(), k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)  # (N, heads, T, d)
+    return out.transpose(1, 2).reshape(n, height, width, heads, dim)
+
+
+def local_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int, scale: float | None = None
+) -> torch.Tensor:
+    """Exact 3x3 local attention on a raster-ordered grid of tokens, in the (N, heads, T, d) layout.
+
+    The same computation as `grid_local_attention` (zero-padding semantics of the reference, SPEC A 4.5.5), for
+    separate q, k, v; they are packed into one tensor first.
 
     Args:
         q: (N, heads, H*W, d) queries, token n = row * W + col.
@@ -74,20 +232,10 @@ def local_attention(
     n, heads, tokens, dim = q.shape
     if tokens != height * width:
         raise ValueError(f"{tokens} tokens do not form a {height}x{width} grid")
-    scale = dim**-0.5 if scale is None else scale
-    q = q.reshape(n, heads, height, width, dim)
-    # Pad rows and columns (dims 2 and 3) by one zero cell on each side.
-    k = F.pad(k.reshape(n, heads, height, width, dim), (0, 0, 1, 1, 1, 1))  # (N, heads, H+2, W+2, d)
-    v = F.pad(v.reshape(n, heads, height, width, dim), (0, 0, 1, 1, 1, 1))  # (N, heads, H+2, W+2, d)
-    shifts = [(1 + dr, 1 + dc) for dr, dc in NEIGHBOUR_OFFSETS]
-    logits = torch.stack(
-        [(q * k[:, :, r : r + height, c : c + width]).sum(-1) for r, c in shifts], dim=-1
-    )  # (N, heads, H, W, 9)
-    weights = (logits * scale).softmax(dim=-1)  # (N, heads, H, W, 9)
-    out = weights[..., 0, None] * v[:, :, :height, :width]
-    for i, (r, c) in enumerate(shifts[1:], start=1):
-        out = out + weights[..., i, None] * v[:, :, r : r + height, c : c + width]  # (N, heads, H, W, d)
-    return out.reshape(n, heads, tokens, dim)
+    qkv = torch.stack([q, k, v], dim=2)  # (N, heads, 3, T, d)
+    qkv = qkv.permute(0, 3, 2, 1, 4).reshape(n, height, width, 3, heads, dim)  # (N, H, W, 3, heads, d)
+    out = grid_local_attention(qkv, scale)  # (N, H, W, heads, d)
+    return out.reshape(n, tokens, heads, dim).transpose(1, 2)  # (N, heads, T, d)
 
 
 def sinusoidal_table_1d(

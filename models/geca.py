@@ -14,7 +14,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from infra import rng
-from models.cellular import local_attention, seed_cells, sinusoidal_table_1d, update_masks
+from models.cellular import (
+    flex_grid_local_attention,
+    grid_local_attention,
+    seed_cells,
+    sinusoidal_table_1d,
+    update_masks,
+)
 from models.conditioning import (
     FinalLayer,
     LabelEmbedder,
@@ -49,12 +55,25 @@ class PreNorm(nn.Module):
 
 
 class LocalAttention(nn.Module):
-    """Multi-head attention over each cell's 3x3 neighbourhood (qkv without bias, names `to_qkv`, `to_out.0`)."""
+    """Multi-head attention over each cell's 3x3 neighbourhood (qkv without bias, names `to_qkv`, `to_out.0`).
 
-    def __init__(self, dim: int, heads: int, head_dim: int) -> None:
+    Args:
+        dim: token width D.
+        heads: attention heads.
+        head_dim: width of each head d.
+        backend: "slices" (`grid_local_attention`, any device), "flex" (`flex_grid_local_attention`, fused on CUDA)
+            or "auto" (flex on CUDA, slices elsewhere). All three compute the same exact-border attention.
+    """
+
+    BACKENDS = ("auto", "slices", "flex")
+
+    def __init__(self, dim: int, heads: int, head_dim: int, backend: str = "slices") -> None:
         super().__init__()
+        if backend not in self.BACKENDS:
+            raise ValueError(f"attention backend must be one of {self.BACKENDS}, got {backend!r}")
         self.heads = heads
         self.head_dim = head_dim
+        self.backend = backend
         self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * head_dim, dim), nn.Dropout(0.0))
 
@@ -70,11 +89,12 @@ class LocalAttention(nn.Module):
             (N, T, D).
         """
         n, tokens, _ = x.shape
-        # q | k | v, each split as (heads, head_dim) with heads outermost (SPEC A 4.12).
-        qkv = self.to_qkv(x).view(n, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3,N,h,T,d)
-        out = local_attention(qkv[0], qkv[1], qkv[2], height, width)  # (N, h, T, d)
-        out = out.transpose(1, 2).reshape(n, tokens, self.heads * self.head_dim)  # (N, T, h*d)
-        return self.to_out(out)  # (N, T, D)
+        # q | k | v, each split as (heads, head_dim) with heads outermost (SPEC A 4.12); raster order = (H, W).
+        qkv = self.to_qkv(x).view(n, height, width, 3, self.heads, self.head_dim)  # (N, H, W, 3, h, d)
+        use_flex = self.backend == "flex" or (self.backend == "auto" and qkv.is_cuda)
+        attend = flex_grid_local_attention if use_flex else grid_local_attention
+        out = attend(qkv, self.head_dim**-0.5)  # (N, H, W, h, d)
+        return self.to_out(out.reshape(n, tokens, self.heads * self.head_dim))  # (N, T, D)
 
 
 class FeedForward(nn.Module):
@@ -94,13 +114,18 @@ class FeedForward(nn.Module):
 class Transformer(nn.Module):
     """adaLN-Zero transformer with one adaLN projection shared by all its layers (SPEC A 4.5.4)."""
 
-    def __init__(self, dim: int, depth: int, heads: int, head_dim: int, mlp_dim: int) -> None:
+    def __init__(
+        self, dim: int, depth: int, heads: int, head_dim: int, mlp_dim: int, attention_backend: str = "slices"
+    ) -> None:
         super().__init__()
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.layers = nn.ModuleList(
             [
                 nn.ModuleList(
-                    [PreNorm(dim, LocalAttention(dim, heads, head_dim)), PreNorm(dim, FeedForward(dim, mlp_dim))]
+                    [
+                        PreNorm(dim, LocalAttention(dim, heads, head_dim, attention_backend)),
+                        PreNorm(dim, FeedForward(dim, mlp_dim)),
+                    ]
                 )
                 for _ in range(depth)
             ]
@@ -142,6 +167,9 @@ class GeCA(nn.Module):
         update_rate: probability that a cell is updated in a step; >= 1 updates every cell (deterministic).
         class_dropout_prob: per-entry label dropout in training.
         nca_checkpoint: activation-checkpoint segments over the steps in training (0 or 1: off).
+        attention_backend: local-attention implementation, see `LocalAttention`; not part of the state dict.
+            Default "slices" (exact everywhere, forward and backward tested on CPU); "auto" picks the fused
+            FlexAttention on CUDA, whose backward has not yet been checked on a GPU (docs/PERFORMANCE.md).
     """
 
     is_cellular = True
@@ -161,6 +189,7 @@ class GeCA(nn.Module):
         update_rate: float = 0.5,
         class_dropout_prob: float = 0.1,
         nca_checkpoint: int = 0,
+        attention_backend: str = "slices",
     ) -> None:
         super().__init__()
         if steps < 1:
@@ -180,7 +209,7 @@ class GeCA(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.cell_to_embedding = nn.Linear(in_channels + self.update_channels, hidden_size)
-        self.transformer = Transformer(hidden_size, depth, num_heads, head_dim, mlp_dim)
+        self.transformer = Transformer(hidden_size, depth, num_heads, head_dim, mlp_dim, attention_backend)
         self.final_layer = FinalLayer(hidden_size, self.update_channels)
         self.initialize_weights()
 
@@ -220,32 +249,49 @@ class GeCA(nn.Module):
         )
 
     def _steps(
-        self, state: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, masks: torch.Tensor | None, num_steps: int
+        self,
+        cells: torch.Tensor,
+        c: torch.Tensor,
+        pos: torch.Tensor,
+        masks: torch.Tensor | None,
+        num_steps: int,
+        height: int,
+        width: int,
     ) -> torch.Tensor:
-        """Apply the update rule `num_steps` times.
+        """Apply the update rule `num_steps` times to a token-major cell state.
+
+        Without autograd (sampling) the state is updated in place; with it each step makes a new state, because the
+        cell embedding of the step keeps the old one for its backward.
 
         Args:
-            state: (N, C + 2C + h, H, W) cell state.
+            cells: (N, H*W, C + 2C + h) cell state, one row per cell in raster order.
             c: (N, D) conditioning.
             pos: (H*W, D) position table.
-            masks: (N, num_steps, H, W) update masks, or None to update every cell in each step.
+            masks: (N, num_steps, H*W, 1) update masks, or None to update every cell in each step.
             num_steps: number of steps S to run.
+            height: grid height H.
+            width: grid width W.
 
         Returns:
-            (N, C + 2C + h, H, W) state after the steps.
+            (N, H*W, C + 2C + h) state after the steps.
         """
-        n, _, height, width = state.shape
+        in_place = not torch.is_grad_enabled()
         for k in range(num_steps):
-            x = state.flatten(2).transpose(1, 2)  # (N, H*W, C+2C+h)
-            x = self.cell_to_embedding(x) + pos  # (N, H*W, D)
+            x = self.cell_to_embedding(cells) + pos  # (N, H*W, D)
             x = self.transformer(x, c, height, width)  # (N, H*W, D)
             update = self.final_layer(x, c)  # (N, H*W, 2C+h)
-            update = update.transpose(1, 2).reshape(n, self.update_channels, height, width)  # (N, 2C+h, H, W)
-            if masks is not None:
-                update = update * masks[:, k : k + 1]  # (N, 2C+h, H, W)
             # The input channels (x_t) are carried unchanged; only output + hidden are updated (SPEC A 4.5.7).
-            state = torch.cat([state[:, : self.in_channels], state[:, self.in_channels :] + update], dim=1)
-        return state
+            # The masks are 0/1, so multiply-add with them is exact.
+            kept, updated = cells[..., : self.in_channels], cells[..., self.in_channels :]
+            if in_place:
+                if masks is None:
+                    updated.add_(update)
+                else:
+                    updated.addcmul_(update, masks[:, k])
+            else:
+                updated = updated + update if masks is None else torch.addcmul(updated, update, masks[:, k])
+                cells = torch.cat([kept, updated], dim=-1)  # (N, H*W, C+2C+h)
+        return cells
 
     def forward(
         self,
@@ -262,7 +308,7 @@ class GeCA(nn.Module):
             x: (N, C, H, W) noisy latent x_t.
             t: (N,) original timesteps 0..999.
             y: (N, K) float multi-hot labels (all zeros = null label).
-            extras: (N, 2C + h, H, W) output + hidden state to start from; a fresh seed when None.
+            extras: (N, 2C + h, H, W) output + hidden state to start from; a fresh seed when None. Not modified.
             multi_scale: accepted and ignored (the model works on any grid).
             generator: random stream(s) for the seed (when extras is None), label dropout and update masks.
 
@@ -273,12 +319,17 @@ class GeCA(nn.Module):
         if extras is None:
             extras = self.seed(x, generator=generator)  # (N, 2C+h, H, W)
         n, _, height, width = x.shape
-        state = torch.cat([x, extras.to(x.dtype)], dim=1)  # (N, C+2C+h, H, W)
+        # The steps work on one token-major state, (N, H*W, C+2C+h): the rows the cell embedding reads and the
+        # final layer writes, so no per-step layout changes. A fresh tensor, so `extras` is never modified.
+        cells = torch.cat(
+            [x.flatten(2).transpose(1, 2), extras.to(x.dtype).flatten(2).transpose(1, 2)], dim=2
+        )  # (N, H*W, C+2C+h)
         c = self.t_embedder(t) + self.y_embedder(y, generator)  # (N, D)
         pos = sinusoidal_table_1d(height * width, c.shape[1], x.device, c.dtype)  # (H*W, D)
         masks = None
         if self.update_rate < 1:
             masks = update_masks(n, self.steps, height, width, self.update_rate, generator, x.device, x.dtype)
+            masks = masks.flatten(2).unsqueeze(-1)  # (N, S, H*W, 1)
 
         segments = min(self.nca_checkpoint, self.steps)
         if segments > 1 and self.training and torch.is_grad_enabled():
@@ -286,9 +337,12 @@ class GeCA(nn.Module):
             for lo, hi in zip(bounds[:-1], bounds[1:]):
                 seg_masks = None if masks is None else masks[:, lo:hi]
                 # The conditioning goes into every segment (the reference's last segment dropped it, SPEC A 4.9).
-                state = checkpoint(self._steps, state, c, pos, seg_masks, hi - lo, use_reentrant=False)
+                cells = checkpoint(
+                    self._steps, cells, c, pos, seg_masks, hi - lo, height, width, use_reentrant=False
+                )  # (N, H*W, C+2C+h)
         else:
-            state = self._steps(state, c, pos, masks, self.steps)  # (N, C+2C+h, H, W)
+            cells = self._steps(cells, c, pos, masks, self.steps, height, width)  # (N, H*W, C+2C+h)
+        state = cells.transpose(1, 2).reshape(n, -1, height, width).contiguous()  # (N, C+2C+h, H, W)
 
         if self.training:
             return state

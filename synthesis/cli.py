@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +15,9 @@ from infra.checkpoint import find_model
 from infra.distributed import DistInfo
 from infra.naming import sample_folder_name
 from models import DiT_models
+
+# `--mixed-precision` choices and their autocast dtypes (None: float32, no autocast).
+AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -53,6 +58,17 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label-columns", nargs="+", default=None, help="label names of a --dataset csv")
     p.add_argument("--device", type=str, default=None, help="device (default: CUDA when available, else CPU)")
+    p.add_argument(
+        "--mixed-precision",
+        choices=list(AUTOCAST_DTYPES),
+        default="no",
+        help="autocast of the model call only (outputs back in float32); bf16 or fp16 on CUDA, bf16 on CPU",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's forward (the first batch compiles; on CPU this needs a C++ compiler)",
+    )
 
 
 def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -102,12 +118,58 @@ def load_sampling_model(args: argparse.Namespace, device: torch.device) -> tuple
     return model.to(device).eval(), (in_channels, latent, latent)
 
 
+def autocast_call(fn: Callable[..., Any], device_type: str, dtype: torch.dtype) -> Callable[..., Any]:
+    """`fn` run under autocast, its tensor outputs (a tensor or a tuple of tensors) cast back to float32.
+
+    Only the network runs in reduced precision: guidance, the diffusion update and a cellular model's carried
+    state stay in float32.
+    """
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, dtype=dtype):
+            out = fn(*args, **kwargs)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+    return call
+
+
+def configure_model_call(
+    model: torch.nn.Module, device_type: str, mixed_precision: str = "no", use_compile: bool = False
+) -> torch.nn.Module:
+    """Route the model's `forward` through autocast and/or torch.compile (`--mixed-precision`, `--compile`).
+
+    The instance's `forward` is replaced, so `model(...)`, `model.forward(...)` and `forward_with_cfg` (which calls
+    `self.forward`) all use it; attributes, `seed` and the state dict are untouched.
+
+    Args:
+        model: the denoiser.
+        device_type: "cpu" or "cuda" (autocast's device type).
+        mixed_precision: "no", "fp16" or "bf16".
+        use_compile: compile the (possibly autocast) forward with torch.compile.
+
+    Returns:
+        The same model object.
+    """
+    dtype = AUTOCAST_DTYPES[mixed_precision]
+    if dtype is None and not use_compile:
+        return model
+    forward = model.forward
+    if dtype is not None:
+        forward = autocast_call(forward, device_type, dtype)
+    if use_compile:
+        forward = torch.compile(forward)
+    model.forward = forward
+    return model
+
+
 def sampling_setup(args: argparse.Namespace, dist: DistInfo):
     """Model, respaced diffusion, VAE (None in image space) and the sample folder of a sampling run."""
     if dist.device.type == "cuda" and args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model, latent_shape = load_sampling_model(args, dist.device)
+    configure_model_call(model, dist.device.type, args.mixed_precision, args.compile)
     spacing = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
     diffusion = create_diffusion(spacing)
     vae = None

@@ -1,0 +1,155 @@
+"""Local attention and gather, forward + backward, against the reference's impulse-filter convolution gather.
+
+All variants start from the same qkv projection output (N, H*W, 3 * heads * d) and return the attention output
+(N, H*W, heads * d) before the output projection, so each pays for its own layout changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.timing import Row, format_time, paired_ratio, time_interleaved
+from models.cellular import NEIGHBOUR_OFFSETS, flex_grid_local_attention, grid_local_attention
+
+AttentionFn = Callable[[torch.Tensor, int, int, int, float], torch.Tensor]
+
+
+def impulse_filters(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(9, 1, 3, 3) one-hot kernels, kernel k with its 1 at (k // 3, k % 3): the reference's `neighbourhood_filters`."""
+    filters = torch.zeros(9, 1, 3, 3, device=device, dtype=dtype)
+    for k in range(9):
+        filters[k, 0, k // 3, k % 3] = 1.0
+    return filters
+
+
+def impulse_gather(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The reference's `LocalizeAttention` (SPEC A 6): zero-padded 3x3 neighbours by convolution with impulses.
+
+    Args:
+        x: (N, heads, H*W, d).
+        height: grid height H.
+        width: grid width W.
+
+    Returns:
+        (N, heads, H*W, 9, d): entry k of a cell is its neighbour at offset (k // 3 - 1, k % 3 - 1), 0 outside.
+    """
+    n, heads, tokens, dim = x.shape
+    grid = x.permute(0, 1, 3, 2).reshape(n * heads * dim, 1, height, width)  # (N*heads*d, 1, H, W)
+    gathered = F.conv2d(grid, impulse_filters(x.device, x.dtype), padding=1)  # (N*heads*d, 9, H, W)
+    return gathered.view(n, heads, dim, 9, tokens).permute(0, 1, 4, 3, 2)  # (N, heads, T, 9, d)
+
+
+def impulse_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
+    """Reimplementation of the reference's local attention: impulse gather of k and v, then 1 x 9 attention.
+
+    Args:
+        qkv: (N, T, 3 * heads * d) output of the qkv projection.
+        height: grid height H.
+        width: grid width W.
+        heads: number of heads.
+        scale: logit scale.
+
+    Returns:
+        (N, T, heads * d).
+    """
+    n, tokens, _ = qkv.shape
+    q, k, v = (t.reshape(n, tokens, heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # (N, heads, T, d)
+    keys, values = impulse_gather(k, height, width), impulse_gather(v, height, width)  # (N, heads, T, 9, d)
+    logits = (q.unsqueeze(-2) @ keys.transpose(-1, -2)) * scale  # (N, heads, T, 1, 9)
+    out = (logits.softmax(dim=-1) @ values).squeeze(-2)  # (N, heads, T, d)
+    return out.transpose(1, 2).reshape(n, tokens, -1)
+
+
+def autograd_slices_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
+    """The shifted-slice local attention as it was before issue 9: padded k, v and autograd through 9 slices.
+
+    Args and returns as `impulse_attention`.
+    """
+    n, tokens, _ = qkv.shape
+    q, k, v = (t.reshape(n, height, width, heads, -1) for t in qkv.chunk(3, dim=-1))  # (N, H, W, heads, d)
+    k = F.pad(k, (0, 0, 0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, heads, d)
+    v = F.pad(v, (0, 0, 0, 0, 1, 1, 1, 1))
+    shifts = [(1 + dr, 1 + dc) for dr, dc in NEIGHBOUR_OFFSETS]
+    logits = torch.stack([(q * k[:, r : r + height, c : c + width]).sum(-1) for r, c in shifts], dim=-1)
+    weights = (logits * scale).softmax(dim=-1)  # (N, H, W, heads, 9)
+    out = sum(weights[..., i, None] * v[:, r : r + height, c : c + width] for i, (r, c) in enumerate(shifts))
+    return out.reshape(n, tokens, -1)
+
+
+def sliced_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
+    """This project's `grid_local_attention` (overlap views, hand-written backward). Args as `impulse_attention`."""
+    n, tokens, _ = qkv.shape
+    out = grid_local_attention(qkv.view(n, height, width, 3, heads, -1), scale)  # (N, H, W, heads, d)
+    return out.reshape(n, tokens, -1)
+
+
+def flex_attention_variant(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
+    """`flex_grid_local_attention` (compiled FlexAttention; CUDA only). Args as `impulse_attention`."""
+    n, tokens, _ = qkv.shape
+    out = flex_grid_local_attention(qkv.view(n, height, width, 3, heads, -1), scale)
+    return out.reshape(n, tokens, -1)
+
+
+def run_attention(
+    batch: int,
+    repeats: int,
+    device: torch.device,
+    heads: int = 12,
+    head_dim: int = 64,
+    side: int = 32,
+) -> list[Row]:
+    """Time forward + backward of each variant at GeCA-S shapes and check they agree with the impulse reference.
+
+    Args:
+        batch: N.
+        repeats: interleaved rounds.
+        device: where to run.
+        heads: attention heads (GeCA-S: 12).
+        head_dim: width of each head (GeCA-S: 64).
+        side: grid side (32 for 256-pixel images).
+
+    Returns:
+        Table rows: one per variant, the speed-up over the impulse gather and the largest output/gradient gap.
+    """
+    g = torch.Generator(device=device).manual_seed(0)
+    tokens = side * side
+    qkv = torch.randn(batch, tokens, 3 * heads * head_dim, generator=g, device=device)
+    grad_out = torch.randn(batch, tokens, heads * head_dim, generator=g, device=device)
+    scale = head_dim**-0.5
+    variants: dict[str, AttentionFn] = {
+        "impulse-filter conv gather (reference, SPEC A 6)": impulse_attention,
+        "autograd shifted slices (before issue 9)": autograd_slices_attention,
+        "overlap views + hand-written backward (grid_local_attention)": sliced_attention,
+    }
+    if device.type == "cuda":
+        variants["FlexAttention, exact borders (flex_grid_local_attention)"] = flex_attention_variant
+
+    def fwd_bwd(fn: AttentionFn) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = qkv.detach().requires_grad_(True)
+        out = fn(leaf, side, side, heads, scale)
+        out.backward(grad_out)
+        return out.detach(), leaf.grad
+
+    ref_out, ref_grad = fwd_bwd(impulse_attention)
+    gaps = {}
+    for name, fn in variants.items():
+        out, grad = fwd_bwd(fn)
+        gaps[name] = max((out - ref_out).abs().max().item(), (grad - ref_grad).abs().max().item())
+    times = time_interleaved({name: (lambda fn=fn: fwd_bwd(fn)) for name, fn in variants.items()}, repeats, device)
+
+    reference = next(iter(variants))
+    rows = []
+    shape = f"N={batch}, {heads}x{head_dim}, {side}x{side}"
+    for name in variants:
+        row = Row(f"local attention fwd+bwd ({shape})", name, format_time(times[name]))
+        if name != reference:
+            speedup = paired_ratio(times[reference], times[name])
+            row.ratio = f"{speedup:.1f}x faster; max |diff| {gaps[name]:.1e}"
+            if name.endswith("(grid_local_attention)") or name.endswith("(flex_grid_local_attention)"):
+                row.target = ">= 3x, |diff| < 1e-5"
+                row.met = speedup >= 3.0 and gaps[name] < 1e-5
+        rows.append(row)
+    return rows

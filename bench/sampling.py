@@ -1,0 +1,124 @@
+"""Sampling throughput through the production path (`synthesis.generate.sample_images`), and a host-sync count.
+
+Classifier-free guidance runs the conditional and unconditional halves as one batch of 2N. A full 250-step run of
+GeCA-S takes many minutes per image on a CPU, so a run may use fewer respaced steps and report images/s scaled to
+250 steps (the per-step cost does not depend on the step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from bench.timing import Row, synchronize
+from diffusion import create_diffusion
+from infra import rng
+from models import DiT_models
+from synthesis.generate import sample_images
+
+# Tensor methods that copy a value to the host (and on CUDA wait for the device).
+HOST_SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+
+@dataclass
+class SamplingSpec:
+    """One sampling measurement: `batch` images of `model` at `side` x `side` latents, `steps` respaced steps."""
+
+    model: str
+    batch: int
+    steps: int
+    side: int = 32
+    cfg_scale: float = 1.5
+
+
+@contextlib.contextmanager
+def count_host_syncs() -> Iterator[dict[str, int]]:
+    """Count calls of `HOST_SYNC_METHODS` on tensors made from Python inside the block.
+
+    Yields:
+        A dict method name -> calls, filled while the block runs.
+    """
+    counts = {name: 0 for name in HOST_SYNC_METHODS}
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_SYNC_METHODS}
+
+    def counting(name: str):
+        original = originals[name]
+
+        def wrapper(self, *args, **kwargs):
+            counts[name] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name in HOST_SYNC_METHODS:
+            setattr(torch.Tensor, name, counting(name))
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def host_syncs_per_step(device: torch.device, steps: int = 3) -> int:
+    """Host syncs made by the ancestral sampling loop of a guided GeCA-T over `steps` steps (expected: 0)."""
+    model = DiT_models["GeCA-T"](input_size=8, num_classes=11, in_channels=4).to(device).eval()
+    diffusion = create_diffusion(str(steps))
+    gens = rng.sample_generators([0, 1], device)
+    z = torch.cat([rng.randn((2, 4, 8, 8), gens, device)] * 2)
+    y = torch.zeros(4, 11, device=device)
+    kwargs = {"y": y, "cfg_scale": 1.5, "extras": model.seed(z, generator=gens)}
+    with torch.no_grad(), count_host_syncs() as counts:
+        diffusion.p_sample_loop(model.forward_with_cfg, z.shape, noise=z, model_kwargs=kwargs, generator=gens)
+    return sum(counts.values())
+
+
+def time_sampling(spec: SamplingSpec, device: torch.device, model: torch.nn.Module | None = None) -> float:
+    """Seconds of one `sample_images` call for `spec` (latents only, no VAE decoding)."""
+    if model is None:
+        model = DiT_models[spec.model](input_size=spec.side, num_classes=11, in_channels=4).to(device).eval()
+    g = torch.Generator(device=device).manual_seed(0)
+    labels = (torch.rand(spec.batch, 11, generator=g, device=device) < 0.3).float()
+    diffusion = create_diffusion(str(spec.steps))
+    synchronize(device)
+    start = time.perf_counter()
+    sample_images(
+        model, diffusion, labels, list(range(spec.batch)), (4, spec.side, spec.side), cfg_scale=spec.cfg_scale
+    )
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_sampling(specs: list[SamplingSpec], device: torch.device, repeats: int = 1) -> list[Row]:
+    """Images per second of each spec, scaled to 250 respaced steps; plus the host-sync count of the loop.
+
+    Args:
+        specs: what to sample.
+        device: where to run.
+        repeats: timed runs per spec (the median is reported), after a one-step warm-up run.
+
+    Returns:
+        Table rows.
+    """
+    rows = []
+    for spec in specs:
+        model = DiT_models[spec.model](input_size=spec.side, num_classes=11, in_channels=4).to(device).eval()
+        time_sampling(SamplingSpec(spec.model, spec.batch, 1, spec.side, spec.cfg_scale), device, model)
+        seconds = sorted(time_sampling(spec, device, model) for _ in range(repeats))[repeats // 2]
+        per_step = seconds / spec.steps
+        rate = spec.batch / (250 * per_step)
+        measured = "measured" if spec.steps == 250 else f"scaled from {spec.steps} steps"
+        rows.append(
+            Row(
+                f"sampling, CFG {spec.cfg_scale} in one batch of 2N, {spec.side}x{spec.side} latents",
+                f"{spec.model}, N={spec.batch}",
+                f"{rate:.3g} images/s at 250 steps ({measured})",
+                f"{per_step * 1e3:.1f} ms per denoising call",
+            )
+        )
+    syncs = host_syncs_per_step(device)
+    rows.append(Row("sampling loop host syncs", "GeCA-T, 3 guided steps", f"{syncs} calls", "", "0", syncs == 0))
+    return rows

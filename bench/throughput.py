@@ -1,0 +1,118 @@
+"""Training throughput: optimiser steps per second of GeCA against DiT in the same run, per batch and precision.
+
+One step is what `train.py` does per batch: the diffusion loss (MSE + VB, a fresh seed for a cellular model) under
+autocast, backward (with a gradient scaler for fp16) and an AdamW update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+import torch
+
+from bench.timing import Row, format_bytes, synchronize
+from diffusion import create_diffusion
+from models import DiT_models
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def time_training(
+    key: str,
+    batch: int,
+    precision: str,
+    device: torch.device,
+    steps: int,
+    side: int = 32,
+    nca_checkpoint: int = 0,
+) -> tuple[list[float], int, bool]:
+    """Seconds of `steps` optimiser steps (after one warm-up step), the peak CUDA memory (0 on CPU).
+
+    Args:
+        key: registry key.
+        batch: N.
+        precision: "fp32", "fp16" or "bf16" (autocast).
+        device: where to run.
+        steps: timed steps.
+        side: latent grid side.
+        nca_checkpoint: checkpoint segments of a cellular model (0 = off; ignored by other models).
+
+    Returns:
+        (durations in seconds, peak allocated bytes, whether the model is cellular).
+    """
+    model = DiT_models[key](input_size=side, num_classes=11, in_channels=4).to(device).train()
+    if model.is_cellular:
+        model.nca_checkpoint = nca_checkpoint
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    diffusion = create_diffusion(timestep_respacing="")
+    dtype = PRECISIONS[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 4, side, side, generator=g, device=device)
+    y = (torch.rand(batch, 11, generator=g, device=device) < 0.3).float()
+
+    def step() -> None:
+        t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
+        amp = contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+        with amp:
+            loss = diffusion.training_losses(model, x, t, {"y": y})["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    durations = []
+    for _ in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        durations.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return durations, peak, model.is_cellular
+
+
+def run_training(
+    models: list[str],
+    batches: list[int],
+    precisions: list[str],
+    device: torch.device,
+    steps: int,
+    side: int = 32,
+    nca_checkpoint: int = 0,
+) -> list[Row]:
+    """Steps/s and images/s of every (model, batch, precision); out-of-memory settings are reported as such.
+
+    Returns:
+        Table rows; the ratio column gives the GeCA : DiT time per step when both were measured.
+    """
+    rows = []
+    for batch in batches:
+        for precision in precisions:
+            label = f"training step (AdamW), N={batch}, {side}x{side}, {precision}"
+            medians: dict[str, tuple[float, bool]] = {}
+            for key in models:
+                try:
+                    durations, peak, cellular = time_training(
+                        key, batch, precision, device, steps, side, nca_checkpoint
+                    )
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    rows.append(Row(label, key, "out of memory"))
+                    continue
+                medians[key] = (statistics.median(durations), cellular)
+                sps = 1 / medians[key][0]
+                variant = key + (f", --nca-checkpoint {nca_checkpoint}" if cellular and nca_checkpoint else "")
+                memory = format_bytes(peak) if peak else ""
+                rows.append(Row(label, variant, f"{sps:.3g} steps/s, {sps * batch:.3g} images/s", memory=memory))
+            cellular_keys = [k for k, (_, c) in medians.items() if c]
+            dense_keys = [k for k, (_, c) in medians.items() if not c]
+            if cellular_keys and dense_keys:
+                a, b = cellular_keys[0], dense_keys[0]
+                rows[-1].ratio = f"{a} / {b} time per step: {medians[a][0] / medians[b][0]:.1f}x"
+    return rows
