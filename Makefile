@@ -20,6 +20,13 @@ $(STAMP): req.txt req-nodeps.txt
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
+# QUICK=1: the smallest sizes (minutes); THREADS=N: torch CPU threads of every stage. Re-running continues.
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m demo --out demo_out $(if $(filter 1,$(QUICK)),--quick,) $(if $(THREADS),--threads $(THREADS),)
+
+bench: $(STAMP)
+	$(PY) -m bench
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

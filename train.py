@@ -206,6 +206,10 @@ def main(args: argparse.Namespace) -> Path:
         )
     if args.val_mode == "final" and args.cfg_scale < 1.0:
         raise ValueError(f"--cfg-scale must be >= 1, got {args.cfg_scale}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
 
     # Accelerate: CPU (gloo) when CUDA is absent; the launcher's mixed precision wins over --mixed-precision.
     from accelerate import Accelerator
@@ -281,7 +285,7 @@ def main(args: argparse.Namespace) -> Path:
     ema = copy.deepcopy(model).to(device)
     ema.requires_grad_(False)
     ema.eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0)
     diffusion = create_diffusion(timestep_respacing="", diffusion_steps=args.diffusion_steps)
     logger.info(f"{args.model} parameters: {sum(p.numel() for p in model.parameters()):,}")
 
@@ -313,6 +317,10 @@ def main(args: argparse.Namespace) -> Path:
         logger.info(f"Resumed from {resume_path} at step {train_steps} (epoch {start_epoch}, batch {skip_batches})")
 
     model, opt = accelerator.prepare(model, opt)
+    if args.compile:
+        # Compiled on the first step; checkpoints and the EMA still see the bare network (unwrap_model).
+        model = torch.compile(model)
+        logger.info("torch.compile: the model is compiled on the first training step")
     if resume_path is not None and accelerator.scaler is not None and ckpt.get("scaler"):
         accelerator.scaler.load_state_dict(ckpt["scaler"])
     if saved_rng is not None:
@@ -390,7 +398,7 @@ def main(args: argparse.Namespace) -> Path:
                 accelerator.unscale_gradients(opt)  # normalise true gradients, not loss-scaled ones (C2.4)
                 normalize_gradients(model)
             opt.step()
-            update_ema(ema, unwrap_model(model))
+            update_ema(ema, unwrap_model(model), args.ema_decay)
 
             running_loss += loss.detach()
             log_steps += 1
@@ -652,10 +660,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", type=str, default=None, help="FID Inception weights file for KID")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-4,
+        help="AdamW learning rate, constant (reference 1e-4; larger only for runs of a few hundred steps)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.9999,
+        help="EMA decay per optimiser step (reference 0.9999; smaller only for runs of a few hundred steps)",
+    )
+    p.add_argument(
         "--nca-checkpoint",
         type=int,
         default=0,
         help="GeCA: activation checkpointing over the cellular steps in K segments (0 = off)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for training (the first step compiles; on CPU this needs a C++ compiler)",
     )
     return p
 
