@@ -149,9 +149,15 @@ def _free_port() -> int:
 
 
 def test_one_and_two_processes_write_identical_images(ws, tmp_path):
-    # 12 images in full batches of 2 on every rank: equal GEMM shapes, so equal floating-point rounding.
+    # 12 images in full batches of 2 on every rank, one thread everywhere: equal GEMM shapes and blocking, so equal
+    # floating-point rounding (the noise is equal by construction; rounding is what a batch or thread change moves).
     flags = ["--data-path", str(ws["features"]), "--expand_ratio", "2", "--per-proc-batch-size", "2"]
-    sample_ddp.main(sample_ddp.parse_args(argv(ws, tmp_path / "one", "GeCA-T", *flags)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sample_ddp.main(sample_ddp.parse_args(argv(ws, tmp_path / "one", "GeCA-T", *flags)))
+    finally:
+        torch.set_num_threads(threads)
     two = argv(ws, tmp_path / "two", "GeCA-T", *flags)
     cmd = [
         sys.executable,
