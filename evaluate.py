@@ -230,6 +230,14 @@ def compute_lpips(args: argparse.Namespace, device: torch.device, images: ImageS
     return {"mean": mean, "std": std, "pairs": len(images) - 1, "weights": net.weights_file}
 
 
+def image_size_flag(text: str) -> int:
+    """`--image-size`: a positive multiple of 8 (the reference's 128/256/512 among them), as the sampling scripts."""
+    value = int(text)
+    if value < 8 or value % 8 != 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive multiple of 8")
+    return value
+
+
 def run_metric(name: str, compute: Callable[[], dict[str, Any]], logger: logging.Logger) -> dict[str, Any]:
     """Run one metric; a MetricUnavailable becomes {"available": False, "reason": ...} and a log line."""
     logger.info(f"computing {name}")
@@ -348,7 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=["cuda:0"],
         help="devices; the first is used (falls back to cpu without CUDA)",
     )
-    parser.add_argument("--image-size", type=int, choices=[128, 256, 512], default=256, help="real-image crop size")
+    parser.add_argument(
+        "--image-size",
+        type=image_size_flag,
+        default=256,
+        help="real-image crop size; the reference allows 128/256/512, any multiple of 8 is accepted here",
+    )
     parser.add_argument("--fold", type=int, default=0, help="fold of the CSV files")
     parser.add_argument(
         "--gg_extractor",

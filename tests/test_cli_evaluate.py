@@ -34,7 +34,7 @@ def test_readme_command_parses_with_reference_defaults():
     assert evaluate.build_parser().parse_args(["--real", "r", "--gen", "g", "--ft", "x"]).ft == "x"
 
 
-@pytest.mark.parametrize("argv", [["--gen", "g"], ["--real", "r", "--gen", "g", "--image-size", "64"]])
+@pytest.mark.parametrize("argv", [["--gen", "g"], ["--real", "r", "--gen", "g", "--image-size", "60"]])
 def test_bad_command_lines_are_rejected(argv):
     with pytest.raises(SystemExit):
         evaluate.build_parser().parse_args(argv)

@@ -1,0 +1,94 @@
+"""The whole GeCA study on the embedded phantom data, in one command (issue 8; `make demo`).
+
+    python -m demo --out demo_out            # full demo, about 20 minutes on 2 CPU cores
+    python -m demo --out demo_out --quick    # the same stages at the smallest sizes, a few minutes
+
+Runs the real entry scripts stage by stage (data, label files, training of GeCA-T / DiT-T/2 / LDM-T, validation copy
+and 5x augmentation set of each, KID / LPIPS / GG, downstream classification) and writes `{out}/REPORT.md`. Each
+stage's output is shown and logged under `{out}/logs/`; finished stages are stamped under `{out}/stamps/`, so a
+re-run continues from the first unfinished one. A failing stage stops the demo with its error (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from demo.plan import Layout, build_stages
+from demo.profiles import DEMO_MODELS, FOLD, PROFILES
+from demo.runner import Runner, StageFailed, format_seconds, log_tail
+from infra.atomic_io import atomic_write_text
+
+
+def default_device() -> str:
+    """CUDA when available (train.py picks it by itself), else the CPU."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run (or continue) the demo; returns the process exit status."""
+    profile = PROFILES["quick" if args.quick else "full"]
+    layout = Layout(Path(args.out).resolve())
+    device = args.device or default_device()
+    env = {}
+    if args.threads:
+        env = {name: str(args.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    # What the report needs to know about this run, written before any stage.
+    config = {
+        "profile": profile.as_dict(),
+        "models": list(DEMO_MODELS),
+        "fold": FOLD,
+        "device": device,
+        "threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "default",
+        "cpu_count": os.cpu_count(),
+    }
+    atomic_write_text(layout.config, json.dumps(config, indent=1) + "\n")
+
+    stages = build_stages(profile, layout, device)
+    runner = Runner(layout.out, env, fresh=args.fresh)
+    runner.say(
+        f"GeCA demo ({profile.name} profile): {len(stages)} stages into {layout.out}, device {device}, "
+        f"torch threads {config['threads']}"
+    )
+    try:
+        records = runner.run(stages)
+    except StageFailed as err:
+        runner.say(f"\n!!! {err}\n!!! last lines of {err.log}:")
+        for line in log_tail(err.log):
+            runner.say(f"    {line}")
+        runner.say(
+            f"!!! command: {err.stage.shell()}\n!!! Fix the cause and run the demo again: the finished stages are "
+            "skipped and it continues with this one."
+        )
+        return 1
+
+    # Stage times (a skipped stage shows the time of the run that produced it).
+    width = max(len(r["name"]) for r in records)
+    runner.say(f"\nStage times ({profile.name} profile):")
+    for r in records:
+        runner.say(f"  {r['name']:<{width}}  {format_seconds(r['seconds']):>12}  {r['status']}")
+    total = sum(r["seconds"] for r in records)
+    runner.say(f"  {'total':<{width}}  {format_seconds(total):>12}\nReport: {layout.report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=str, default="demo_out", help="output folder (data, models, samples, REPORT.md)")
+    p.add_argument("--quick", action="store_true", help="the smallest sizes (what the test suite runs)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads of every stage (default: the environment's)"
+    )
+    p.add_argument("--device", type=str, default=None, help="device of sampling, metrics, classification")
+    p.add_argument("--fresh", action="store_true", help="ignore the stamps of an earlier run and redo every stage")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))

@@ -1,0 +1,115 @@
+"""The sizes of the demo: `full` (`make demo`, about 20 minutes on 2 CPU cores) and `quick` (`make demo QUICK=1`).
+
+Both run every stage of the study with the tiny registry models (GeCA-T, DiT-T/2, LDM-T: CPU stand-ins, not the
+paper's configurations) in image space at a small resolution. GeCA dominates the time: each forward runs 12 cellular
+steps over every pixel, so its cost grows with the number of pixels and is what fixes the image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# Tiny stand-ins of the paper's three denoisers, in the row order of its Table A (LDM-B, DiT-S, GeCA-S).
+DEMO_MODELS: tuple[str, ...] = ("LDM-T", "DiT-T/2", "GeCA-T")
+# The paper-scale registry key each tiny model stands in for.
+PAPER_MODELS: dict[str, str] = {"LDM-T": "LDM-B", "DiT-T/2": "DiT-S/2", "GeCA-T": "GeCA-S"}
+FOLD = 0
+NUM_CLASSES = 11  # the OCT label set
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size the demo's commands use.
+
+    Attributes:
+        name: "full" or "quick".
+        num_images: phantom images (2 per patient), split into `folds` folds plus a `test_frac` test split.
+        folds: folds written (the demo trains and evaluates fold 0 only).
+        test_frac: fraction of patients held out as the test split of the classification study.
+        image_size: side in pixels of the phantoms and of every model (image space).
+        batch_size: training batch of the denoisers.
+        epochs: training epochs; the same data and batch give every denoiser the same number of steps.
+        validate_every: epochs between validations (KID of `val_samples` images, best_ckpt.pt selection); chosen so
+            the last epoch is validated.
+        val_samples: images per validation.
+        lr: AdamW learning rate of the denoisers (the reference's 1e-4 needs far more steps than a demo has).
+        ema_decay: EMA decay per step (the reference's 0.9999 needs hundreds of thousands of steps).
+        log_every: steps between logged training losses (the points of the training curve).
+        sampling_steps: respaced sampling steps of the synthetic sets (and of each validation).
+        sample_batch: images per sampling batch.
+        expand_ratio: synthetic images per training label vector (the paper's 5).
+        cfg_scale: guidance scale of every synthetic set (GHG for GeCA).
+        cls_epochs: epochs of each downstream classifier.
+        cls_batch: batch of the downstream classifier.
+        cls_seeds: classifier seeds; at least two give paired p-values.
+    """
+
+    name: str
+    num_images: int
+    folds: int
+    test_frac: float
+    image_size: int
+    batch_size: int
+    epochs: int
+    validate_every: int
+    val_samples: int
+    lr: float
+    ema_decay: float
+    log_every: int
+    sampling_steps: int
+    sample_batch: int
+    expand_ratio: int
+    cfg_scale: float
+    cls_epochs: int
+    cls_batch: int
+    cls_seeds: tuple[int, ...]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+FULL = Profile(
+    name="full",
+    num_images=224,
+    folds=4,
+    test_frac=0.2,
+    image_size=16,
+    batch_size=16,
+    epochs=28,
+    validate_every=9,
+    val_samples=16,
+    lr=2e-3,
+    ema_decay=0.99,
+    log_every=5,
+    sampling_steps=16,
+    sample_batch=32,
+    expand_ratio=5,
+    cfg_scale=1.5,
+    cls_epochs=15,
+    cls_batch=32,
+    cls_seeds=(0, 1, 2),
+)
+
+QUICK = Profile(
+    name="quick",
+    num_images=48,
+    folds=4,
+    test_frac=0.2,
+    image_size=16,
+    batch_size=8,
+    epochs=2,
+    validate_every=1,
+    val_samples=8,
+    lr=2e-3,
+    ema_decay=0.5,
+    log_every=1,
+    sampling_steps=4,
+    sample_batch=64,
+    expand_ratio=5,
+    cfg_scale=1.5,
+    cls_epochs=1,
+    cls_batch=32,
+    cls_seeds=(0, 1),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (FULL, QUICK)}

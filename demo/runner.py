@@ -1,0 +1,228 @@
+"""Run the demo's stages as subprocesses: stream their output, log it, stamp finished stages, stop on a failure.
+
+A stage is one command line of a real entry script. Its output goes to the console and to `{out}/logs/{stage}.log`.
+When it exits with status 0 and its outputs exist, a JSON stamp `{out}/stamps/{stage}.json` records the command, the
+time it took and the run ids of the stages it depends on. A later run skips a stage whose stamp holds the same
+command and the current run ids of its dependencies, so an interrupted or failed demo continues where it stopped and
+re-running an upstream stage re-runs everything built on it.
+
+Before a stage starts, its stale outputs are removed, except when it continues an interrupted attempt on the same
+inputs (a `{stage}.started.json` marker with the same command and dependency run ids) and its script resumes by
+itself (the sampling scripts skip written images, classify.py finished runs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from infra.atomic_io import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the demo.
+
+    Attributes:
+        name: file-safe key (stamp and log names).
+        description: one line saying what the stage does.
+        command: argv run from the repository root; a leading "python" means this interpreter.
+        deps: names of the stages whose outputs this one reads.
+        outputs: files or folders that must exist after a successful run.
+        clears: outputs removed before the stage starts afresh (they may stem from other inputs).
+        resumable: the script continues an interrupted attempt by itself; `clears` are then kept when the attempt
+            had the same command and inputs.
+    """
+
+    name: str
+    description: str
+    command: tuple[str, ...]
+    deps: tuple[str, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    clears: tuple[Path, ...] = ()
+    resumable: bool = False
+
+    def shell(self) -> str:
+        """The command as one shell line (what the stamp and the report record)."""
+        return shlex.join(self.command)
+
+
+class StageFailed(RuntimeError):
+    """A stage exited with an error, or finished without writing its outputs."""
+
+    def __init__(self, stage: Stage, reason: str, log: Path):
+        super().__init__(f"stage {stage.name} failed: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.log = log
+
+
+def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    """The last `lines` lines of a log as a terminal shows them (of each '\\r'-rewritten progress line, its end)."""
+    if not path.is_file():
+        return []
+    text = path.read_bytes()[-64_000:].decode("utf-8", errors="replace")
+    shown = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+    return [line for line in shown if line][-lines:]
+
+
+def format_seconds(seconds: float) -> str:
+    """'42.0 s' or '3 min 05 s'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+class Runner:
+    """Runs stages in order with stamps under `out`.
+
+    Args:
+        out: the demo's output folder (holds stamps/ and logs/).
+        env: extra environment variables of every stage.
+        fresh: ignore existing stamps and run every stage again.
+        console: where stage output and progress lines are written (bytes).
+    """
+
+    def __init__(
+        self, out: Path, env: dict[str, str] | None = None, fresh: bool = False, console: BinaryIO | None = None
+    ):
+        self.out = Path(out).resolve()
+        self.stamp_dir = self.out / "stamps"
+        self.log_dir = self.out / "logs"
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.fresh = fresh
+        self.console = console if console is not None else sys.stdout.buffer
+
+    def say(self, text: str) -> None:
+        self.console.write((text + "\n").encode())
+        self.console.flush()
+
+    def stamp_path(self, name: str, suffix: str = "") -> Path:
+        return self.stamp_dir / f"{name}{suffix}.json"
+
+    def read_stamp(self, name: str, suffix: str = "") -> dict | None:
+        """The stamp of a finished stage (or with suffix ".started", the marker of its last attempt), or None."""
+        path = self.stamp_path(name, suffix)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    @staticmethod
+    def _same_inputs(record: dict | None, stage: Stage, run_ids: dict[str, str]) -> bool:
+        """Whether a stamp or marker was made by this stage's command on the current outputs of its dependencies."""
+        if record is None or record.get("command") != stage.shell():
+            return False
+        return all(record.get("deps", {}).get(d) == run_ids.get(d) for d in stage.deps)
+
+    def is_done(self, stage: Stage, run_ids: dict[str, str]) -> bool:
+        """Whether `stage` finished earlier with the same command, on the current outputs of its dependencies."""
+        if self.fresh or not self._same_inputs(self.read_stamp(stage.name), stage, run_ids):
+            return False
+        return all(p.exists() for p in stage.outputs)
+
+    def _clear(self, stage: Stage) -> None:
+        for path in stage.clears:
+            path = Path(path).resolve()
+            if self.out not in path.parents:
+                raise ValueError(f"stage {stage.name}: refusing to clear {path}, which is outside {self.out}")
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    def _execute(self, stage: Stage, log_path: Path) -> int:
+        """Run the command, copying its output to the console and the log; returns its exit status."""
+        argv = [sys.executable if i == 0 and arg == "python" else arg for i, arg in enumerate(stage.command)]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            log.write(f"$ {stage.shell()}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            try:
+                while chunk := os.read(proc.stdout.fileno(), 65536):
+                    self.console.write(chunk)
+                    self.console.flush()
+                    log.write(chunk)
+                return proc.wait()
+            except BaseException:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
+            finally:
+                proc.stdout.close()
+
+    def run(self, stages: Sequence[Stage]) -> list[dict]:
+        """Run (or skip) every stage in order; raises StageFailed at the first failure.
+
+        Returns:
+            One record per stage: name, status ("ran" or "skipped"), seconds (of the run that produced it).
+        """
+        run_ids: dict[str, str] = {}
+        records = []
+        for i, stage in enumerate(stages, 1):
+            head = f"[{i}/{len(stages)}] {stage.name}"
+            if self.is_done(stage, run_ids):
+                stamp = self.read_stamp(stage.name)
+                run_ids[stage.name] = stamp["run_id"]
+                self.say(f"--- {head}: finished earlier in {format_seconds(stamp['seconds'])}, skipped")
+                records.append({"name": stage.name, "status": "skipped", "seconds": stamp["seconds"]})
+                continue
+            self.stamp_path(stage.name).unlink(missing_ok=True)
+            attempt = {"command": stage.shell(), "deps": {d: run_ids[d] for d in stage.deps}}
+            continues = (
+                stage.resumable
+                and not self.fresh
+                and self._same_inputs(self.read_stamp(stage.name, ".started"), stage, run_ids)
+            )
+            if not continues:
+                self._clear(stage)
+            atomic_write_text(self.stamp_path(stage.name, ".started"), json.dumps(attempt, indent=1) + "\n")
+            log_path = self.log_dir / f"{stage.name}.log"
+            self.say(
+                f"\n==> {head}: {stage.description}" + (" (continuing an interrupted attempt)" if continues else "")
+            )
+            self.say(f"    $ {stage.shell()}")
+            start = time.time()
+            status = self._execute(stage, log_path)
+            seconds = time.time() - start
+            if status != 0:
+                raise StageFailed(stage, f"exit status {status} after {format_seconds(seconds)}", log_path)
+            missing = [str(p) for p in stage.outputs if not p.exists()]
+            if missing:
+                raise StageFailed(stage, f"it exited normally but did not write {missing}", log_path)
+            stamp = {
+                "stage": stage.name,
+                "description": stage.description,
+                **attempt,
+                "seconds": seconds,
+                "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+                "run_id": uuid.uuid4().hex,
+                "log": str(log_path),
+            }
+            atomic_write_text(self.stamp_path(stage.name), json.dumps(stamp, indent=1) + "\n")
+            self.stamp_path(stage.name, ".started").unlink()
+            run_ids[stage.name] = stamp["run_id"]
+            self.say(f"<== {head} finished in {format_seconds(seconds)} (log {log_path})")
+            records.append({"name": stage.name, "status": "ran", "seconds": seconds})
+        return records
