@@ -68,6 +68,9 @@ def find_model(path: str | Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: when `path` is not a file.
     """
-    checkpoint = load_checkpoint(path)
-    state_dict = checkpoint["ema"] if "ema" in checkpoint else checkpoint
-    return strip_module_prefix(state_dict)
+    return model_weights(load_checkpoint(path))
+
+
+def model_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights `find_model` returns, from an already loaded checkpoint dict (EMA entry, no `module.`)."""
+    return strip_module_prefix(checkpoint["ema"] if "ema" in checkpoint else checkpoint)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from diffusion import create_diffusion
-from infra.checkpoint import find_model
+from infra.checkpoint import load_checkpoint, model_weights
 from infra.distributed import DistInfo
 from infra.naming import sample_folder_name
 from models import DiT_models
@@ -102,12 +102,22 @@ def resolve_label_names(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def load_sampling_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, tuple[int, int, int]]:
-    """The EMA weights of `--ckpt` in the `--model` architecture, in eval mode; and the latent shape (C, h, w)."""
+def load_sampling_model(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[torch.nn.Module, tuple[int, int, int], int]:
+    """The EMA weights of `--ckpt` in the `--model` architecture, in eval mode.
+
+    Returns:
+        The model, the latent shape (C, h, w), and the length T of the diffusion it was trained with (the
+        checkpoint's `--diffusion-steps`; 1000 for reference checkpoints and bare state dicts).
+    """
     latent = args.image_size if args.image_space else args.image_size // 8
     in_channels = getattr(args, "in_channels", 3 if args.image_space else 4)
     model = DiT_models[args.model](input_size=latent, num_classes=args.num_classes, in_channels=in_channels)
-    state = find_model(args.ckpt)
+    checkpoint = load_checkpoint(args.ckpt)
+    train_args = checkpoint.get("args")
+    diffusion_steps = int(getattr(train_args, "diffusion_steps", 1000))
+    state = model_weights(checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -115,7 +125,12 @@ def load_sampling_model(args: argparse.Namespace, device: torch.device) -> tuple
             f"--ckpt {args.ckpt} does not match --model {args.model} with --num-classes "
             f"{args.num_classes}, --image-size {args.image_size}: {str(err).splitlines()[0]}"
         ) from err
-    return model.to(device).eval(), (in_channels, latent, latent)
+    if args.num_sampling_steps > diffusion_steps:
+        raise ValueError(
+            f"--num-sampling-steps {args.num_sampling_steps} exceeds the {diffusion_steps} diffusion steps "
+            "--ckpt was trained with"
+        )
+    return model.to(device).eval(), (in_channels, latent, latent), diffusion_steps
 
 
 def autocast_call(fn: Callable[..., Any], device_type: str, dtype: torch.dtype) -> Callable[..., Any]:
@@ -168,10 +183,10 @@ def sampling_setup(args: argparse.Namespace, dist: DistInfo):
     if dist.device.type == "cuda" and args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model, latent_shape = load_sampling_model(args, dist.device)
+    model, latent_shape, diffusion_steps = load_sampling_model(args, dist.device)
     configure_model_call(model, dist.device.type, args.mixed_precision, args.compile)
     spacing = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
-    diffusion = create_diffusion(spacing)
+    diffusion = create_diffusion(spacing, diffusion_steps=diffusion_steps)
     vae = None
     if not args.image_space:
         from data.vae import load_vae

@@ -263,3 +263,28 @@ def test_checkpoint_model_mismatch_and_missing_labels(ws, tmp_path):
         sample_ddp.main(
             sample_ddp.parse_args(argv(ws, tmp_path, "GeCA-T", "--data-path", str(ws["features"]), "--fold", "3"))
         )
+
+
+def test_sampling_uses_the_checkpoints_diffusion_length(ws, tmp_path):
+    from infra.distributed import DistInfo
+    from synthesis.cli import sampling_setup
+
+    model = DiT_models["DiT-T/2"](input_size=8, num_classes=11, in_channels=4)
+    ckpt = tmp_path / "short.pt"
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.state_dict(),
+            "ema": model.state_dict(),
+            "opt": {},
+            "args": argparse.Namespace(model="DiT-T/2", diffusion_steps=50),
+        },
+    )
+    flags = argv(ws, tmp_path / "s", "DiT-T/2", "--data-path", str(ws["features"]))
+    flags[flags.index("--ckpt") + 1] = str(ckpt)
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    _, diffusion, _, _, _ = sampling_setup(sample_ddp.parse_args(flags), dist)
+    assert max(diffusion.timestep_map) < 50  # respaced from the 50-step training schedule, not 1000
+    flags[flags.index("--num-sampling-steps") + 1] = "60"
+    with pytest.raises(ValueError, match="exceeds the 50 steps"):
+        sampling_setup(sample_ddp.parse_args(flags), dist)
