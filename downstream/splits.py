@@ -67,10 +67,17 @@ class FoldData:
         return [self.train, *extra]
 
     def fingerprint(self, condition: Condition) -> str:
-        """SHA-256 of every CSV a run of `condition` reads, so a run is redone when its data change."""
+        """SHA-256 of every CSV a run of `condition` reads and of its images' sizes and modification times.
+
+        A run is redone when its data change, including images regenerated under the same names (a re-sampled
+        synthetic set keeps its CSV byte for byte).
+        """
         digest = hashlib.sha256()
         for ds in (self.val, self.evaluation, *self.train_sets(condition)):
             digest.update(ds.csv_path.read_bytes())
+            for name in ds.filenames:
+                stat = (ds.root / name).stat()
+                digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,13 @@ def test_study_end_to_end_and_resume(phantoms, samples, tmp_path):
     # A changed setting is a different run: it trains instead of reusing the stored result.
     run([*argv[:-5], "--conditions", "geometric", "--folds", "0", "--lr", "0.01", "--out", str(out)])
     assert len(list((out / "runs").glob("geometric_fold0_*.json"))) == 2
+
+    # A regenerated synthetic image (same CSV, new file) is new data: the synthetic run trains again.
+    image = samples / pd.read_csv(samples / "train_syn_0.csv")["filename"].iloc[0]
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    run([*argv[:-5], "--conditions", f"synthetic:SYN={samples}", "--folds", "0", "--out", str(out)])
+    assert len(list((out / "runs").glob("SYN_fold0_*.json"))) == 2
 
 
 def test_runs_are_reproducible_and_stop_on_min_lr(phantoms, tmp_path):
