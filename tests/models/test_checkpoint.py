@@ -10,42 +10,14 @@ import torch
 
 from infra.checkpoint import find_model, load_checkpoint, save_checkpoint
 from models import DiT_models
+from tests.helpers.geca_layout import reference_layout
 
 CLASSES, CHANNELS = 11, 4
 
 
 def reference_geca_t_state_dict(generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random tensors under the reference's GeCA key names (SPEC A 4.11) at GeCA-T sizes, built without our model."""
-    dim, mlp, update = 64, 128, 2 * CHANNELS + 16
-    shapes = {
-        "t_embedder.mlp.0.weight": (dim, 256),
-        "t_embedder.mlp.0.bias": (dim,),
-        "t_embedder.mlp.2.weight": (dim, dim),
-        "t_embedder.mlp.2.bias": (dim,),
-        "y_embedder.embedding_table.0.weight": (dim, CLASSES),
-        "y_embedder.embedding_table.0.bias": (dim,),
-        "y_embedder.embedding_table.1.weight": (dim, dim),
-        "y_embedder.embedding_table.1.bias": (dim,),
-        "cell_to_embedding.weight": (dim, CHANNELS + update),
-        "cell_to_embedding.bias": (dim,),
-        "transformer.adaLN_modulation.1.weight": (6 * dim, dim),
-        "transformer.adaLN_modulation.1.bias": (6 * dim,),
-        "transformer.layers.0.0.norm.weight": (dim,),
-        "transformer.layers.0.0.norm.bias": (dim,),
-        "transformer.layers.0.0.fn.to_qkv.weight": (3 * dim, dim),
-        "transformer.layers.0.0.fn.to_out.0.weight": (dim, dim),
-        "transformer.layers.0.0.fn.to_out.0.bias": (dim,),
-        "transformer.layers.0.1.norm.weight": (dim,),
-        "transformer.layers.0.1.norm.bias": (dim,),
-        "transformer.layers.0.1.fn.net.0.weight": (mlp, dim),
-        "transformer.layers.0.1.fn.net.0.bias": (mlp,),
-        "transformer.layers.0.1.fn.net.3.weight": (dim, mlp),
-        "transformer.layers.0.1.fn.net.3.bias": (dim,),
-        "final_layer.adaLN_modulation.1.weight": (2 * dim, dim),
-        "final_layer.adaLN_modulation.1.bias": (2 * dim,),
-        "final_layer.linear.weight": (update, dim),
-        "final_layer.linear.bias": (update,),
-    }
+    shapes = reference_layout(dim=64, mlp=128, hidden=16, classes=CLASSES, heads=2)
     return {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
 
 
