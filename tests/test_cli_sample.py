@@ -286,5 +286,5 @@ def test_sampling_uses_the_checkpoints_diffusion_length(ws, tmp_path):
     _, diffusion, _, _, _ = sampling_setup(sample_ddp.parse_args(flags), dist)
     assert max(diffusion.timestep_map) < 50  # respaced from the 50-step training schedule, not 1000
     flags[flags.index("--num-sampling-steps") + 1] = "60"
-    with pytest.raises(ValueError, match="exceeds the 50 steps"):
+    with pytest.raises(ValueError, match="exceeds the 50 diffusion steps"):
         sampling_setup(sample_ddp.parse_args(flags), dist)
