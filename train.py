@@ -29,7 +29,7 @@ from data.latents import LatentDataset
 from data.transforms import image_transform, to_uint8
 from diffusion import create_diffusion
 from infra import rng
-from infra.atomic_io import atomic_write, atomic_write_text
+from infra.atomic_io import atomic_save_grid, atomic_write, atomic_write_text
 from infra.checkpoint import find_model, load_checkpoint, save_checkpoint
 from infra.distributed import all_gather_objects, unwrap_model
 from infra.logs import create_logger
@@ -150,16 +150,6 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
     fig.tight_layout()
     atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    """Save (N, 3, H, W) uint8 images as one PNG grid."""
-    from torchvision.utils import make_grid
-
-    from infra.atomic_io import atomic_save_png
-
-    grid = make_grid(images.cpu(), nrow=nrow, padding=2)
-    atomic_save_png(path, grid.permute(1, 2, 0).numpy())
 
 
 def build_image_dataset(args: argparse.Namespace, split: str, transform) -> tuple[Dataset, list[str]]:
@@ -450,7 +440,7 @@ def main(args: argparse.Namespace) -> Path:
                             "kid_std": f"{kid_std:.8f}",
                         },
                     )
-                    save_grid(grid, exp_dir / "samples" / f"val_{train_steps:07d}.png")
+                    atomic_save_grid(grid, exp_dir / "samples" / f"val_{train_steps:07d}.png")
                     tracker.log({"KID mean": kid_mean, "KID std": kid_std}, step=train_steps)
                 if kid_mean < best_kid:
                     best_kid = kid_mean

@@ -58,3 +58,11 @@ def atomic_save_png(path: str | Path, image: np.ndarray | Image.Image) -> None:
     """Write an HxWx3 uint8 array (or a PIL image) as PNG."""
     img = image if isinstance(image, Image.Image) else Image.fromarray(image)
     atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def atomic_save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
+    """Write (N, 3, H, W) uint8 images as one PNG grid (`nrow` images per row, 2-pixel padding)."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.cpu(), nrow=nrow, padding=2)  # (3, H', W')
+    atomic_save_png(path, grid.permute(1, 2, 0).numpy())

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from data.transforms import to_uint8
 from infra import rng
-from infra.atomic_io import atomic_save_png
+from infra.atomic_io import atomic_save_grid, atomic_save_png
 from infra.distributed import DistInfo, all_gather_objects, barrier
 from synthesis.annotations import write_annotations
 
@@ -181,12 +181,10 @@ def run_synthesis(
 def save_sample_grid(job: SynthesisJob, path: Path, count: int = 32, nrow: int = 8) -> None:
     """A grid of the first `count` generated images, for a quick look."""
     from PIL import Image
-    from torchvision.utils import make_grid
 
     imgs = [
         torch.from_numpy(np.array(Image.open(job.png(i)).convert("RGB"))).permute(2, 0, 1)
         for i in range(min(count, len(job.labels)))
     ]
     if imgs:
-        grid = make_grid(torch.stack(imgs), nrow=nrow, padding=2)
-        atomic_save_png(path, grid.permute(1, 2, 0).numpy())
+        atomic_save_grid(torch.stack(imgs), path, nrow=nrow)
