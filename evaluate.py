@@ -31,6 +31,7 @@ from data.datasets import RETINAMNIST_NPZ, RetinaMNISTDataset, fold_csv_path
 from data.select import DATASET_KINDS, pick_dataset
 from data.transforms import center_crop_arr
 from data.validate import read_fold_csv
+from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_write_text
 from infra.logs import create_logger
 from infra.seeding import seed_everything
@@ -228,14 +229,6 @@ def compute_lpips(args: argparse.Namespace, device: torch.device, images: ImageS
     finally:
         progress.close()
     return {"mean": mean, "std": std, "pairs": len(images) - 1, "weights": net.weights_file}
-
-
-def image_size_flag(text: str) -> int:
-    """`--image-size`: a positive multiple of 8 (the reference's 128/256/512 among them), as the sampling scripts."""
-    value = int(text)
-    if value < 8 or value % 8 != 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive multiple of 8")
-    return value
 
 
 def run_metric(name: str, compute: Callable[[], dict[str, Any]], logger: logging.Logger) -> dict[str, Any]:

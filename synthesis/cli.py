@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from diffusion import create_diffusion
+from infra.argtypes import image_size_flag
 from infra.checkpoint import load_checkpoint, model_weights
 from infra.distributed import DistInfo
 from infra.naming import sample_folder_name
@@ -31,7 +32,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-fid-samples", type=int, default=50_000, help="no effect (unused by the reference too)")
     p.add_argument(
         "--image-size",
-        type=int,
+        type=image_size_flag,
         default=256,
         help="image side in pixels; the reference allows 256/512, any multiple of 8 is accepted here",
     )
@@ -82,8 +83,6 @@ def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         )
     if not Path(args.ckpt).is_file():
         p.error(f"--ckpt {args.ckpt} does not exist")
-    if args.image_size % 8 != 0:
-        p.error(f"--image-size {args.image_size} must be a multiple of 8")
     if args.expand_ratio < 1 or args.per_proc_batch_size < 1:
         p.error("--expand_ratio and --per-proc-batch-size must be >= 1")
 

@@ -1,4 +1,4 @@
-"""Folder names that later commands depend on match the reference's (SPEC 3.2, 3.3)."""
+"""Folder names that later commands depend on match the reference's (SPEC 3.2, 3.3); shared flag types."""
 
 from __future__ import annotations
 
@@ -19,3 +19,23 @@ def test_experiment_dir_counts_existing_entries(tmp_path):
     (tmp_path / "000-GeCA-S-8").mkdir()
     (tmp_path / "notes.txt").write_text("")
     assert experiment_dir(tmp_path, "DiT-XL/2", 0).name == "002-DiT-XL-2-0"
+
+
+def test_image_size_flag_is_shared_by_the_scripts():
+    import argparse
+
+    import pytest
+
+    import evaluate
+    import sample_ddp
+    from infra.argtypes import image_size_flag
+
+    assert image_size_flag("16") == 16 and image_size_flag("256") == 256
+    for bad in ("0", "60", "-8"):
+        with pytest.raises(argparse.ArgumentTypeError, match="multiple of 8"):
+            image_size_flag(bad)
+    good = {evaluate: ["--real", "r", "--gen", "g"], sample_ddp: ["--data-path", "d"]}
+    for module, argv in good.items():
+        assert module.build_parser().parse_args([*argv, "--image-size", "16"]).image_size == 16
+        with pytest.raises(SystemExit):
+            module.build_parser().parse_args([*argv, "--image-size", "60"])
