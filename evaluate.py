@@ -8,6 +8,9 @@ Reads `{gen}/val_syn_{fold}.csv` (the images `sample_ddp_val.py` wrote) and the 
 `{real}/val_{fold}.csv` (RetinaMNIST: its test split). GG also needs the real training split. Prints a table and
 writes `{gen}/metrics_{fold}.json`. A metric whose pretrained weights are missing is reported as unavailable, with the
 file it needs, and the others still run. Features are cached per image set under `{gen}/.feature_cache/`.
+
+Real images go to KID centre-cropped to `--image-size`, and to GG whole (the GG extractor resizes them to its input,
+224 x 224 for DINOv2), as the reference does; `--gg-real-crop` gives GG the cropped images instead.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from data.validate import read_fold_csv
 from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_write_text
 from infra.logs import create_logger
+from infra.precision import add_tf32_flag, set_tf32
 from infra.seeding import seed_everything
 from infra.tracker import Tracker
 from metrics.dino import dino_transform, load_dino
@@ -59,26 +63,27 @@ SEED_OFFSETS = {"GG": 0, "KID": 1, "LPIPS": 2}
 
 
 class _RetinaMNISTImages:
-    """Image i of a RetinaMNIST split, RGB and centre-cropped like the training images (picklable)."""
+    """Image i of a RetinaMNIST split as RGB, whole or centre-cropped like the training images (picklable)."""
 
-    def __init__(self, dataset: RetinaMNISTDataset, image_size: int):
+    def __init__(self, dataset: RetinaMNISTDataset, image_size: int | None):
         self.dataset = dataset
         self.image_size = image_size
 
     def __call__(self, index: int) -> Image.Image:
         image, _ = self.dataset[index]
-        return center_crop_arr(image.convert("RGB"), self.image_size)
+        rgb = image.convert("RGB")
+        return rgb if self.image_size is None else center_crop_arr(rgb, self.image_size)
 
 
-def real_image_set(real: str, kind: str, split: str, fold: int, image_size: int) -> ImageSet:
-    """Real images of one split, preprocessed as in training: RGB, ADM centre crop to `image_size`.
+def real_image_set(real: str, kind: str, split: str, fold: int, image_size: int | None) -> ImageSet:
+    """Real images of one split as RGB: with the ADM centre crop to `image_size` (KID), or whole (None; GG).
 
     Args:
         real: dataset root (--real).
         kind: dataset kind (data.select).
         split: "train", "val" or "test".
         fold: fold of the CSV kinds (RetinaMNIST has fixed splits).
-        image_size: crop size (--image-size).
+        image_size: crop size (--image-size), or None for the whole image.
     """
     if kind == "retinamnist":
         dataset = RetinaMNISTDataset(real, split)
@@ -271,18 +276,23 @@ def package_versions() -> dict[str, str]:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     logger = create_logger("evaluate")
+    set_tf32(args.tf32)
     device = pick_device(args.device_list, logger)
     seed_everything(args.seed)
     out_path = Path(args.out) if args.out else Path(args.gen) / f"metrics_{args.fold}.json"
     cache_dir = None if args.no_cache else Path(args.cache_dir or Path(args.gen) / ".feature_cache")
 
     # Image sets: the generated CSV's files, the real split they copy (RetinaMNIST: test), the real train split.
+    # KID's real images are centre-cropped to --image-size; GG's are whole, the extractor resizes them
+    # (docs/REFERENCE.md §9.1, §9.3), unless --gg-real-crop.
     kind = dataset_kind(args.real, args.dataset, logger)
     real_split = "test" if kind == "retinamnist" else "val"
     gen_set = generated_image_set(args.gen, args.fold)
     real_set = real_image_set(args.real, kind, real_split, args.fold, args.image_size)
+    gg_crop = args.image_size if args.gg_real_crop else None
+    gg_test_set = real_set if args.gg_real_crop else real_image_set(args.real, kind, real_split, args.fold, None)
     try:
-        train_set, train_error = real_image_set(args.real, kind, "train", args.fold, args.image_size), ""
+        train_set, train_error = real_image_set(args.real, kind, "train", args.fold, gg_crop), ""
     except FileNotFoundError as err:
         train_set, train_error = None, f"GG needs the real training split: {err}"
     counts = {
@@ -298,7 +308,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     def gg() -> dict[str, Any]:
         if train_set is None:
             raise MetricUnavailable(train_error)
-        return compute_gg(bank, args.gg_extractor, train_set, real_set, gen_set, args.seed + SEED_OFFSETS["GG"])
+        return compute_gg(bank, args.gg_extractor, train_set, gg_test_set, gen_set, args.seed + SEED_OFFSETS["GG"])
 
     results = {
         "GG": run_metric("GG", gg, logger),
@@ -316,6 +326,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": kind,
         "fold": args.fold,
         "image_size": args.image_size,
+        "gg_real_images": f"centre crop {args.image_size}" if args.gg_real_crop else "whole",
         "seed": args.seed,
         "device": str(device),
         "versions": package_versions(),
@@ -353,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=image_size_flag,
         default=256,
-        help="real-image crop size; the reference allows 128/256/512, any multiple of 8 is accepted here",
+        help="crop size of the real KID images; the reference allows 128/256/512, any multiple of 8 is accepted here",
     )
     parser.add_argument("--fold", type=int, default=0, help="fold of the CSV files")
     parser.add_argument(
@@ -362,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(GG_EXTRACTORS),
         default="dino",
         help="features of the generalization gap (clip is unavailable offline)",
+    )
+    parser.add_argument(
+        "--gg-real-crop",
+        action="store_true",
+        help="centre-crop the real GG images to --image-size as for KID (the reference gives the extractor the whole "
+        "image, which it resizes to 224 x 224)",
     )
     parser.add_argument(
         "--ft", nargs="?", const=True, default=False, help="accepted for compatibility with the reference; no effect"
@@ -398,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset kind of --real; by default guessed from the path as the reference does",
     )
     parser.add_argument("--wandb", action="store_true", help="log to wandb (project GeCA-Eval)")
+    add_tf32_flag(parser)
     return parser
 
 

@@ -5,12 +5,12 @@ Reference launch (SPEC 1):
         --data-path data/oct_multilabel/ --features-path store/oct_features/ --global-batch-size 128 --fold 0
 Also runs as a plain process: `python extract_features.py --data-path ... --vae <folder>`.
 
-Writes `{features-path}/features_{fold}/{i}.npy` (float32, (1, 4, S/8, S/8): a posterior sample x 0.18215) and
-`{features-path}/labels_{fold}/{i}.npy` (int64, (1, K)) for every row i of the training split, plus
-`{features-path}/manifest_{fold}.csv` (index, source filename, flip). Image i is flipped (OCT and CSV data, once,
-as the reference does) and its posterior noise drawn from streams seeded by (--global-seed, i), so any number of
-processes gives the same files. Ranks encode disjoint shards (i % world_size); complete pairs are skipped, so an
-interrupted run resumes where it stopped.
+Writes `{features-path}/features_{fold}/{i}.npy` (float32, (1, 4, S/8, S/8): a posterior sample x the VAE's
+`scaling_factor`, 0.18215 for SD-VAE) and `{features-path}/labels_{fold}/{i}.npy` (int64, (1, K)) for every row i
+of the training split, plus `{features-path}/manifest_{fold}.csv` (index, source filename, flip). Image i is
+flipped (OCT and CSV data, once, as the reference does) and its posterior noise drawn from streams seeded by
+(--global-seed, i), so any number of processes gives the same files. Ranks encode disjoint shards (i % world_size);
+complete pairs are skipped, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from data.vae import encode_latents, load_vae
 from infra.atomic_io import atomic_np_save, atomic_write_text
 from infra.distributed import all_gather_objects, barrier, cleanup_distributed, setup_distributed
 from infra.logs import create_logger
+from infra.precision import add_tf32_flag, set_tf32
 from infra.rng import sample_generators
 from infra.seeding import rank_seed, seed_everything
 from models import DiT_models
@@ -95,6 +96,7 @@ def main(args: argparse.Namespace) -> None:
     dist = setup_distributed()
     try:
         check_args(args, dist.world_size)
+        set_tf32(args.tf32)
         seed_everything(rank_seed(args.global_seed, dist.world_size, dist.rank))
         logger = create_logger("extract_features", rank=dist.rank)
 
@@ -208,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not flip OCT/CSV images (the reference flips each with probability 0.5, once)",
     )
+    add_tf32_flag(parser)
     return parser
 
 

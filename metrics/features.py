@@ -66,7 +66,8 @@ def file_identity(path: str | Path) -> str:
 class ImageFiles:
     """Loads image i of a list of files as RGB, optionally with the ADM centre crop (picklable for workers).
 
-    Real images get the crop to `image_size`, as training sees them; generated PNGs are loaded as is (SPEC 9.1).
+    KID's real images get the crop to `image_size`, as training sees them (docs/REFERENCE.md §9.1); GG's real images
+    and every generated PNG are loaded whole (image_size None), the GG extractor resizing them (§9.3).
 
     Args:
         paths: the image files.

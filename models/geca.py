@@ -173,6 +173,8 @@ class GeCA(nn.Module):
     """
 
     is_cellular = True
+    # Any grid side works: the automaton grows from one cell and attends to 3 x 3 neighbourhoods.
+    input_multiple = 1
 
     def __init__(
         self,
@@ -325,7 +327,9 @@ class GeCA(nn.Module):
             [x.flatten(2).transpose(1, 2), extras.to(x.dtype).flatten(2).transpose(1, 2)], dim=2
         )  # (N, H*W, C+2C+h)
         c = self.t_embedder(t) + self.y_embedder(y, generator)  # (N, D)
-        pos = sinusoidal_table_1d(height * width, c.shape[1], x.device, c.dtype)  # (H*W, D)
+        # The table takes the weights' dtype, not the autocast dtype of c: the reference adds a float32 table, which
+        # under fp16/bf16 autocast promotes the tokens and so the transformer's residual stream to float32.
+        pos = sinusoidal_table_1d(height * width, c.shape[1], x.device, self.cell_to_embedding.weight.dtype)  # (H*W, D)
         masks = None
         if self.update_rate < 1:
             masks = update_masks(n, self.steps, height, width, self.update_rate, generator, x.device, x.dtype)
@@ -361,13 +365,15 @@ class GeCA(nn.Module):
 
         The output channels of `extras` are re-seeded from a fresh single centre cell (sized from the actual grid);
         the hidden channels are inherited from the previous denoising step. `extras` is not modified in place.
+        Without `extras` the whole state (output and hidden) is a fresh seed, as in training: the sampler passes
+        none under `inherit_state=False`, the fresh-seed ablation of GHG.
 
         Args:
             x: (2N, C, H, W) doubled batch; only the first half is used, for both branches.
             t: (2N,) original timesteps.
             y: (2N, K) labels [labels; zeros].
             cfg_scale: guidance scale.
-            extras: (2N, 2C + h, H, W) previous cells; a fresh seed when None.
+            extras: (2N, 2C + h, H, W) previous cells; a fresh seed (hidden channels 0) when None.
             generator: random stream(s), see `infra.rng`.
 
         Returns:

@@ -41,3 +41,13 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_tf32():
+    """Scripts' main() sets the process-wide TF32 switches (--tf32); later tests get them back as they were."""
+    from infra.precision import set_tf32_state, tf32_state
+
+    before = tf32_state()
+    yield
+    set_tf32_state(before)

@@ -15,6 +15,8 @@ from torch import nn
 import evaluate
 from data.phantoms import make_phantom_dataset
 from data.validate import read_fold_csv
+from infra.precision import tf32_state
+from metrics.features import pil_to_uint8
 from metrics.inception import fid_helper_weights
 
 README_COMMAND = [
@@ -151,3 +153,97 @@ def test_end_to_end_with_inception_features(phantom_root, tmp_path, monkeypatch)
         assert metrics["GG"]["weights"].endswith("default_1.pt")
     # Measured: copy -0.014 +- 0.123, distorted 0.399 +- 0.078 (raw KID, 100 subsets of 2).
     assert results[True]["KID"]["mean"] > results[False]["KID"]["mean"] + 2 * results[False]["KID"]["std"]
+
+
+class StandInDino(nn.Module):
+    """Fast stand-in for DINOv2: (N, 3, 224, 224) normalised images -> (N, 48) 4 x 4 average-pooled colours."""
+
+    def __init__(self, weights_file: str):
+        super().__init__()
+        self.weights_file = weights_file
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-2:] == (224, 224)
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+def write_wide_dataset(root, num: int = 8, width: int = 48, height: int = 24) -> None:
+    """A --dataset csv root of non-square noise images with train_0.csv and val_0.csv (one label column)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for split in ("train", "val"):
+        rows = []
+        for i in range(num):
+            name = f"images/{split}_{i}.png"
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / name)
+            rows.append({"filename": name, "A": i % 2})
+        pd.DataFrame(rows).to_csv(root / f"{split}_0.csv")
+
+
+def whole_image_features(net: nn.Module, image: Image.Image) -> torch.Tensor:
+    """fld's DINOv2 recipe on a whole image, written out: bicubic resize to 224 x 224, [0, 1], ImageNet norm."""
+    image = image.resize((224, 224), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return net(((x - mean[:, None, None]) / std[:, None, None])[None])[0]
+
+
+def adm_crop_48x24_to_16(path) -> Image.Image:
+    """The ADM centre crop of a 48 x 24 image to 16, by hand: shorter side 24 -> 16 (bicubic, 32 x 16), middle 16."""
+    image = Image.open(path).convert("RGB")
+    assert image.size == (48, 24)
+    return image.resize((32, 16), Image.BICUBIC).crop((8, 0, 24, 16))
+
+
+def test_gg_gets_whole_real_images_kid_gets_the_crop(tmp_path, monkeypatch):
+    # The reference hands fld whole real images, which its extractor resizes to 224 x 224 (aspect not kept); KID
+    # crops them. --gg-real-crop gives GG the KID crop instead.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no AlexNet: LPIPS is skipped
+    real = tmp_path / "wide"
+    write_wide_dataset(real)
+    gen = tmp_path / "samples"
+    (gen / "gen_samples_val").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(gen / f"gen_samples_val/{i:06d}.png")
+        rows.append({"client_id": f"syn_{i}", "filename": f"gen_samples_val/{i:06d}.png"})
+    pd.DataFrame(rows).to_csv(gen / "val_syn_0.csv")
+
+    weights = tmp_path / "stand_in.pt"
+    weights.write_bytes(b"stand-in")
+    dino, inception = StandInDino(str(weights)), StandInInception(str(weights))
+    monkeypatch.setattr(evaluate, "load_dino", lambda weights_path, device: dino)
+    monkeypatch.setattr(evaluate, "load_inception", lambda weights_path, device: inception)
+    seen = {}
+    real_gg, real_kid = evaluate.generalization_gap, evaluate.kid
+
+    def gg_recorder(train, test, gen_feats, generator):
+        seen["gg"] = (train, test)
+        return real_gg(train, test, gen_feats, generator)
+
+    def kid_recorder(real_feats, fake, *args):
+        seen["kid"] = real_feats
+        return real_kid(real_feats, fake, *args)
+
+    monkeypatch.setattr(evaluate, "generalization_gap", gg_recorder)
+    monkeypatch.setattr(evaluate, "kid", kid_recorder)
+
+    frames = {split: read_fold_csv(real / f"{split}_0.csv") for split in ("train", "val")}
+    paths = {split: [real / name for name in frame["filename"]] for split, frame in frames.items()}
+    argv = ["--real", str(real), "--gen", str(gen), "--dataset", "csv", "--device_list", "cpu"]
+    argv += ["--num-workers", "0", "--image-size", "16", "--batch-size", "3"]
+    with torch.no_grad():
+        kid_expected = torch.stack([inception(pil_to_uint8(adm_crop_48x24_to_16(p))[None])[0] for p in paths["val"]])
+        for crop in (False, True):
+            report = evaluate.main(
+                evaluate.build_parser().parse_args(argv + (["--gg-real-crop", "--no-tf32"] if crop else []))
+            )
+            assert tf32_state() == (not crop, not crop)  # main() applies --tf32 (default on) / --no-tf32
+            assert report["metrics"]["GG"]["available"] and np.isfinite(report["metrics"]["GG"]["value"])
+            assert report["gg_real_images"] == ("centre crop 16" if crop else "whole")
+            for k, split in enumerate(("train", "val")):
+                images = [adm_crop_48x24_to_16(p) if crop else Image.open(p).convert("RGB") for p in paths[split]]
+                expected = [whole_image_features(dino, image) for image in images]
+                torch.testing.assert_close(seen["gg"][k], torch.stack(expected), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(seen["kid"], kid_expected)  # KID's real images are cropped either way

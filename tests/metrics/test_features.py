@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from metrics.dino import IMAGENET_MEAN, IMAGENET_STD, dino_transform
 from metrics.features import cached_features, extract_features, file_image_set, pil_to_uint8
 
 
@@ -41,6 +42,26 @@ def test_real_images_are_centre_cropped(tmp_path):
     images = file_image_set("real_val", paths, image_size=8)
     assert images.load(0).size == (8, 8)
     assert file_image_set("real_val", paths, image_size=8).identity != file_image_set("real_val", paths).identity
+
+
+def test_whole_images_through_the_dino_transform_are_resized_not_cropped(tmp_path):
+    # GG's real images (image_size None) reach the DINOv2 preprocessing whole: a non-square image is squeezed to
+    # 224 x 224 by one bicubic resize (docs/REFERENCE.md §9.3); the KID crop gives a different input.
+    halves = np.zeros((24, 48, 3), dtype=np.uint8)
+    halves[:, 24:] = 200  # right half bright
+    paths = [tmp_path / "wide.png"]
+    Image.fromarray(halves).save(paths[0])
+    images = file_image_set("real_train", paths)
+    assert images.load(0).size == (48, 24)
+    x = dino_transform()(images.load(0))  # (3, 224, 224), ImageNet-normalised
+    expected = Image.fromarray(halves).resize((224, 224), Image.BICUBIC)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    unnormalised = (x * std + mean) * 255
+    torch.testing.assert_close(
+        unnormalised, torch.from_numpy(np.asarray(expected)).permute(2, 0, 1).float(), atol=1e-3, rtol=0
+    )
+    cropped = dino_transform()(file_image_set("real_train", paths, image_size=16).load(0))
+    assert not torch.allclose(cropped, x)
 
 
 def test_missing_image_is_named(tmp_path):

@@ -119,3 +119,32 @@ def test_forward_ignores_cellular_arguments(batch, perturb, kwargs):
     model = perturb(tiny()).eval()
     x, t, y = batch(2)
     torch.testing.assert_close(model(x, t, y, **kwargs), model(x, t, y), rtol=0, atol=0)
+
+
+def test_bf16_autocast_keeps_the_token_stream_float32(batch, perturb):
+    # DiT adds its float32 positional table (a frozen parameter) to the patch embedding, as the reference does, so
+    # under autocast the tokens between blocks are float32 while the blocks' linear layers compute in bfloat16.
+    model = perturb(tiny()).eval()
+    seen = {"embed": set(), "qkv": set(), "block in": set(), "block out": set()}
+
+    def record(key_in: str | None, key_out: str):
+        def hook(_module, inputs, output):  # returns None: the output is left as it is
+            if key_in is not None:
+                seen[key_in].add(inputs[0].dtype)
+            seen[key_out].add(output.dtype)
+
+        return hook
+
+    handles = [
+        model.x_embedder.register_forward_hook(record(None, "embed")),
+        model.blocks[0].attn.qkv.register_forward_hook(record(None, "qkv")),
+    ]
+    handles += [block.register_forward_hook(record("block in", "block out")) for block in model.blocks]
+    x, t, y = batch(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, y)
+    for h in handles:
+        h.remove()
+    assert seen["embed"] == seen["qkv"] == {torch.bfloat16}  # autocast is on inside the forward
+    assert seen["block in"] == seen["block out"] == {torch.float32}
+    assert out.shape == (2, 2 * CHANNELS, 8, 8)

@@ -123,6 +123,30 @@ def test_forward_with_cfg_gene_heredity(batch, perturb):
     assert not torch.allclose(differs[0], out)
 
 
+def test_forward_with_cfg_without_extras_grows_from_a_fresh_seed(batch, perturb):
+    # Fresh-seed sampling (--no-ghg): no extras -> output AND hidden channels start from a new seed, as in training.
+    model = perturb(tiny()).eval()
+    x, t, y = batch(2)
+    x2, t2, y2 = torch.cat([x, torch.randn_like(x)]), torch.cat([t, t]), torch.cat([y, torch.zeros_like(y)])
+    out, cells = model.forward_with_cfg(x2, t2, y2, 2.0, generator=rng.sample_generators([8, 9]))
+
+    gens = rng.sample_generators([8, 9])
+    half = torch.cat([x, x])
+    start = model.seed(half, generator=gens)
+    assert torch.count_nonzero(start[:, 2 * CHANNELS :]) == 0  # hidden genes of a seed are zero
+    raw, expected_cells = model(half, t2, y2, extras=start, generator=gens)
+    eps_c, eps_u = raw[:2, :CHANNELS], raw[2:, :CHANNELS]
+    guided = eps_u + 2.0 * (eps_c - eps_u)
+    torch.testing.assert_close(out[:2, :CHANNELS], guided, rtol=0, atol=0)
+    torch.testing.assert_close(out[2:, :CHANNELS], guided, rtol=0, atol=0)
+    torch.testing.assert_close(out[:, CHANNELS:], raw[:, CHANNELS:], rtol=0, atol=0)
+    torch.testing.assert_close(cells, expected_cells, rtol=0, atol=0)
+    # Inheriting any previous hidden genes changes the result; without extras nothing is inherited.
+    prev = torch.randn(4, 2 * CHANNELS + 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    inherited = model.forward_with_cfg(x2, t2, y2, 2.0, extras=prev, generator=rng.sample_generators([8, 9]))[0]
+    assert not torch.allclose(inherited, out)
+
+
 def test_forward_with_cfg_guides_only_epsilon(batch, perturb):
     model = perturb(tiny(update_rate=1.0)).eval()
     x, t, y = batch(2)
@@ -158,3 +182,51 @@ def test_nca_checkpoint_gives_same_gradients(batch, perturb, rate):
     for name, g in grads[0].items():
         assert g is not None and torch.count_nonzero(g) > 0, name
         torch.testing.assert_close(grads[1][name], g, rtol=0, atol=1e-5, msg=name)
+
+
+def record_dtypes(modules: dict[str, torch.nn.Module]) -> tuple[dict[str, set], list]:
+    """Forward hooks recording the dtype of each module's first input and of its output, per name."""
+    seen: dict[str, set] = {}
+    handles = []
+    for name, module in modules.items():
+
+        def hook(_module, inputs, output, name=name):
+            seen.setdefault(f"{name} in", set()).add(inputs[0].dtype)
+            seen.setdefault(f"{name} out", set()).add(output.dtype)
+
+        handles.append(module.register_forward_hook(hook))
+    return seen, handles
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_bf16_autocast_keeps_the_token_stream_float32(batch, perturb, training):
+    # The reference adds a float32 position table to the cell embedding, so under fp16/bf16 autocast the tokens and
+    # the residual stream of the transformer are float32 while its linear layers compute in half precision.
+    model = perturb(tiny()).train(training)
+    attn = model.transformer.layers[0][0]
+    seen, handles = record_dtypes(
+        {"embed": model.cell_to_embedding, "transformer": model.transformer, "attn": attn, "final": model.final_layer}
+    )
+    x, t, y = batch(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = model(x, t, y, generator=rng.sample_generators([1, 2]))
+    for h in handles:
+        h.remove()
+    assert seen["embed out"] == {torch.bfloat16}  # autocast is on inside the forward
+    assert seen["attn out"] == {torch.bfloat16}
+    assert seen["transformer in"] == seen["transformer out"] == {torch.float32}  # promoted by the float32 table
+    assert seen["final in"] == {torch.float32}
+    state = result if training else result[1]
+    assert state.dtype == torch.float32
+
+
+def test_position_table_follows_the_weights_dtype(batch, perturb):
+    # Without autocast the table takes the model's dtype: a float64 model stays float64 throughout.
+    model = perturb(tiny()).double().eval()
+    seen, handles = record_dtypes({"transformer": model.transformer})
+    x, t, y = batch(2)
+    out, cells = model(x.double(), t, y.double(), generator=rng.sample_generators([1, 2]))
+    for h in handles:
+        h.remove()
+    assert seen["transformer in"] == seen["transformer out"] == {torch.float64}
+    assert out.dtype == cells.dtype == torch.float64
