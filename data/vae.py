@@ -1,13 +1,19 @@
-"""The Stable Diffusion VAE: one replaceable loader, and latent encode/decode with the reference scale (SPEC 3, C4).
+"""The Stable Diffusion VAE: one replaceable loader, and latent encode/decode with the VAE's own scale (SPEC 3, C4).
 
 `--vae ema|mse` loads `stabilityai/sd-vae-ft-{ema,mse}` through the Hugging Face cache, as the reference does; any
-other value is a local folder holding a diffusers AutoencoderKL (`config.json` + weights). Nothing is downloaded at
-import. When the weights are missing and the hub is unreachable (or HF_HUB_OFFLINE=1), loading fails within seconds
-with a message naming the cache folder and the `--vae <folder>` alternative.
+other value is a local folder holding a diffusers AutoencoderKL (`config.json` + weights), e.g. one written by
+`train_vae.py`. Nothing is downloaded at import. When the weights are missing and the hub is unreachable (or
+HF_HUB_OFFLINE=1), loading fails within seconds with a message naming the cache folder and the `--vae <folder>`
+alternative.
+
+Latents are posterior samples times the loaded VAE's `config.scaling_factor` (docs/DECISIONS.md §C7): 0.18215 for
+the SD-VAE ema/mse weights, so the reference's latents are unchanged, and the unit-variance value a domain VAE
+stores for itself.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -18,7 +24,8 @@ from diffusers import AutoencoderKL
 
 from infra.rng import Generator, randn
 
-# Latent scaling factor of the SD VAE used by the reference (encode: x 0.18215, decode: / 0.18215).
+# Latent scaling factor of the SD VAE used by the reference (encode: x 0.18215, decode: / 0.18215); also what a VAE
+# config without `scaling_factor` gets (the diffusers AutoencoderKL default).
 LATENT_SCALE = 0.18215
 # The hub repositories behind `--vae ema` and `--vae mse`.
 VAE_HUB_IDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
@@ -92,27 +99,59 @@ def load_vae(vae: str, device: torch.device | str = "cpu") -> AutoencoderKL:
     return model.to(device).eval()
 
 
+def latent_scale(vae: AutoencoderKL) -> float:
+    """The factor that maps the VAE's posterior samples to unit-variance latents: its `config.scaling_factor`.
+
+    A config without the entry (or with null) gets LATENT_SCALE, the value diffusers' AutoencoderKL defaults to.
+
+    Raises:
+        ValueError: the config holds a scaling factor that is not a positive finite number.
+    """
+    value = getattr(vae.config, "scaling_factor", None)
+    if value is None:
+        return LATENT_SCALE
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the VAE's config.json has scaling_factor {value}; it must be a positive finite number")
+    return value
+
+
 @torch.no_grad()
-def encode_latents(vae: AutoencoderKL, x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
-    """Images -> scaled latents: a sample of the VAE posterior times LATENT_SCALE (the reference's encoding).
+def posterior_sample(vae: AutoencoderKL, x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+    """Images -> unscaled latents: mean + std * eps of the VAE posterior (a sample, not the mode, as the reference).
 
     Args:
         vae: the autoencoder.
         x: (N, 3, H, W) images in [-1, 1].
-        generator: noise of the posterior sample (infra.rng: one generator, one per image, or None for the global
-            stream). With one generator per image the latent of an image does not depend on its batch.
+        generator: noise of the sample (infra.rng: one generator, one per image, or None for the global stream).
+            With one generator per image the latent of an image does not depend on its batch.
+
+    Returns:
+        (N, 4, H/8, W/8) float latents, not multiplied by the scaling factor.
+    """
+    posterior = vae.encode(x).latent_dist
+    eps = randn(posterior.mean.shape, generator, device=posterior.mean.device, dtype=posterior.mean.dtype)
+    return posterior.mean + posterior.std * eps
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+    """Images -> scaled latents: a sample of the VAE posterior times `latent_scale(vae)` (the reference's encoding).
+
+    Args:
+        vae: the autoencoder.
+        x: (N, 3, H, W) images in [-1, 1].
+        generator: noise of the posterior sample (see `posterior_sample`).
 
     Returns:
         (N, 4, H/8, W/8) float latents.
     """
-    posterior = vae.encode(x).latent_dist
-    eps = randn(posterior.mean.shape, generator, device=posterior.mean.device, dtype=posterior.mean.dtype)
-    return (posterior.mean + posterior.std * eps) * LATENT_SCALE
+    return posterior_sample(vae, x, generator) * latent_scale(vae)
 
 
 @torch.no_grad()
 def decode_latents(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> images: decode z / LATENT_SCALE.
+    """Scaled latents -> images: decode z / latent_scale(vae).
 
     Args:
         vae: the autoencoder.
@@ -121,4 +160,4 @@ def decode_latents(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, 3, 8h, 8w) images in about [-1, 1].
     """
-    return vae.decode(z / LATENT_SCALE).sample
+    return vae.decode(z / latent_scale(vae)).sample

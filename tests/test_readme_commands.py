@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SCRIPTS = ("extract_features", "train", "sample_ddp", "sample_ddp_val", "evaluate", "classify")
+SCRIPTS = ("extract_features", "train", "sample_ddp", "sample_ddp_val", "evaluate", "classify", "train_vae")
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import torch
 
 from data import vae as vae_module
-from data.vae import LATENT_SCALE, VAE_HUB_IDS, decode_latents, encode_latents, load_vae
+from data.vae import (
+    LATENT_SCALE,
+    VAE_HUB_IDS,
+    decode_latents,
+    encode_latents,
+    latent_scale,
+    load_vae,
+    posterior_sample,
+)
 from infra.rng import sample_generators
 from tests.helpers.phantom_data import make_tiny_vae
 
@@ -77,3 +86,49 @@ def test_decode_divides_by_the_scale(tmp_path, generator):
     out = decode_latents(vae, z)
     assert out.shape == (2, 3, 32, 32)
     torch.testing.assert_close(out, vae.decode(z / LATENT_SCALE).sample)
+
+
+def _vae_with_config(folder, **changes):
+    """The tiny VAE saved as a folder whose config.json gets `changes` (None deletes the key), then loaded."""
+    make_tiny_vae(folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return load_vae(str(folder))
+
+
+def test_the_vae_own_scaling_factor_round_trip(tmp_path, generator):
+    vae = _vae_with_config(tmp_path / "vae", scaling_factor=0.5)
+    assert latent_scale(vae) == 0.5
+    x = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    z = encode_latents(vae, x, sample_generators([3, 4]))
+    # Closed form: the unscaled posterior sample of the same streams, times the config's 0.5.
+    post = vae.encode(x).latent_dist
+    eps = torch.stack([torch.randn(post.mean.shape[1:], generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+    torch.testing.assert_close(z, (post.mean + post.std * eps) * 0.5, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(posterior_sample(vae, x, sample_generators([3, 4])), post.mean + post.std * eps)
+    torch.testing.assert_close(decode_latents(vae, z), vae.decode(z / 0.5).sample)
+
+
+def test_sd_scale_and_missing_entry_give_the_reference_latents(tmp_path, generator):
+    x = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    z_old = torch.randn(2, 4, 4, 4, generator=generator)
+    for name, changes in (("sd", {"scaling_factor": 0.18215}), ("missing", {"scaling_factor": None})):
+        vae = _vae_with_config(tmp_path / name, **changes)
+        assert latent_scale(vae) == LATENT_SCALE == 0.18215  # diffusers' AutoencoderKL default when absent
+        unscaled = posterior_sample(vae, x, sample_generators([7, 8]))
+        # Exactly the reference's encoding (sample x 0.18215) and decoding (/ 0.18215).
+        assert torch.equal(encode_latents(vae, x, sample_generators([7, 8])), unscaled * 0.18215)
+        assert torch.equal(decode_latents(vae, z_old), vae.decode(z_old / 0.18215).sample)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf")])
+def test_a_bad_scaling_factor_is_rejected(tmp_path, bad):
+    vae = _vae_with_config(tmp_path / "vae")
+    vae.register_to_config(scaling_factor=bad)
+    with pytest.raises(ValueError, match="scaling_factor"):
+        encode_latents(vae, torch.zeros(1, 3, 32, 32))
