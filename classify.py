@@ -3,7 +3,10 @@
 Trains a classifier (ResNet-50 by default, the FDDM-style protocol of SPEC B1/C6) for every condition, fold and
 seed, evaluates it on the test split (or on val when a fold has no test CSV), and writes results.csv,
 results.json, results.md (shaped like the paper's Table B) and per_label.png into --out. Finished runs are
-resumed, not retrained. Example (paper-like study, 5x synthetic sets written by sample_ddp.py for each fold):
+resumed, not retrained. Label fidelity of each synthetic set (docs/DECISIONS.md §C7): GAN-test scores its validation
+copy `val_syn_{fold}.csv` with the baseline classifier (on by default, `--no-gan-test` skips it); GAN-train is the
+condition `synthetic-only:[NAME=]DIR`. Example (paper-like study, 5x synthetic sets written by sample_ddp.py for each
+fold):
 
     python classify.py --data-path data/oct_multilabel --folds 0 1 2 3 4 --seeds 0 1 2 --out results_classify \
         --conditions geometric noaug \
@@ -27,15 +30,17 @@ from data.datasets import label_names_for
 from data.select import add_dataset_arguments, pick_dataset
 from downstream.augment import RESIZE_MODES, AugmentConfig
 from downstream.classifier import ARCHS, find_pretrained
-from downstream.conditions import SYNTAX, Condition, parse_conditions
+from downstream.conditions import BASELINE, SYNTAX, Condition, parse_conditions, synthetic_sets
+from downstream.label_fidelity import run_gan_test, without_bulk
 from downstream.metrics import METRIC_NAMES, undefined_labels
-from downstream.report import markdown_table, summarize, write_results
+from downstream.report import label_fidelity_table, markdown_table, summarize, summarize_label_fidelity, write_results
 from downstream.significance import TEST_DESCRIPTIONS, TESTS
 from downstream.splits import EVAL_SPLITS, FoldData, load_fold
 from downstream.study import run_hash, run_path, run_study
 from downstream.training import TrainConfig
 from infra.distributed import pick_device
 from infra.logs import create_logger
+from infra.precision import add_tf32_flag, set_tf32
 
 
 def study_labels(args: argparse.Namespace) -> tuple[str, ...]:
@@ -98,10 +103,10 @@ def eval_split_note(folds: dict[int, FoldData]) -> str:
     """Which split the metrics come from, said plainly when val serves both model selection and evaluation."""
     on_val = [f for f, d in folds.items() if d.eval_split == "val"]
     if not on_val:
-        return "test_{fold}.csv of every fold (model selection on val_{fold}.csv)."
+        return "`test_{fold}.csv` of every fold (model selection on `val_{fold}.csv`)."
     return (
-        f"val_{{fold}}.csv for fold(s) {on_val} (no test_{{fold}}.csv): the val split served BOTH model selection "
-        "and evaluation, so these numbers are optimistic."
+        f"`val_{{fold}}.csv` for fold(s) {on_val} (no `test_{{fold}}.csv`): the val split served BOTH model "
+        "selection and evaluation, so these numbers are optimistic."
     )
 
 
@@ -125,7 +130,11 @@ def undefined_label_warnings(folds: dict[int, FoldData], label_names: tuple[str,
 
 
 def prepare(args: argparse.Namespace) -> tuple[list[Condition], tuple[str, ...], TrainConfig, Path | None, dict]:
-    """Everything checked before training: flags, conditions, labels, weight file, every fold and synthetic CSV."""
+    """Everything checked before training: flags, conditions, labels, weight file, every fold and synthetic CSV.
+
+    GAN-test scores synthetic validation copies with the baseline classifier, so with `--gan-test` (the default) and
+    a `val_syn_{fold}.csv` to score, the `geometric` condition is required (an error says so before any training).
+    """
     if not args.folds or not args.seeds:
         raise ValueError("--folds and --seeds need at least one value each")
     if len(set(args.folds)) != len(args.folds) or len(set(args.seeds)) != len(args.seeds):
@@ -135,12 +144,23 @@ def prepare(args: argparse.Namespace) -> tuple[list[Condition], tuple[str, ...],
     cfg = train_config(args)
     weights = find_pretrained(args.arch, args.pretrained)
     data_path = Path(args.data_path)
-    folds = {f: load_fold(data_path, f, label_names, conditions, args.eval_split) for f in args.folds}
+    folds = {f: load_fold(data_path, f, label_names, conditions, args.eval_split, args.gan_test) for f in args.folds}
+    copies = sorted({name for d in folds.values() for name in d.synthetic_val})
+    if copies and not any(c.kind == BASELINE for c in conditions):
+        raise ValueError(
+            f"--conditions: GAN-test scores the validation copies (val_syn_{{fold}}.csv) of {copies} with the "
+            f"classifier of the '{BASELINE}' condition, which is missing; add '{BASELINE}' to --conditions, or pass "
+            "--no-gan-test"
+        )
     return conditions, label_names, cfg, weights, folds
 
 
 def main(args: argparse.Namespace) -> dict:
-    """Run (or resume) the study and write its results; returns {"out", "summary", "runs"}."""
+    """Run (or resume) the study and write its results.
+
+    Returns:
+        {"out", "summary", "runs", "label_fidelity" (rows), "gan_test" (records, with per-image scores)}.
+    """
     out_dir = Path(args.out)
     logger = create_logger("classify", out_dir)
 
@@ -151,6 +171,7 @@ def main(args: argparse.Namespace) -> dict:
         logger.error(f"error: {err}")
         raise SystemExit(f"classify.py: error: {err}") from err
     device = pick_device(0, args.device)
+    set_tf32(args.tf32)
     logger.info(f"device {device}; labels {list(label_names)}; conditions {[c.spec() for c in conditions]}")
     for fold, data in folds.items():
         syn = {name: len(ds) for name, ds in data.synthetic.items()}
@@ -158,6 +179,10 @@ def main(args: argparse.Namespace) -> dict:
             f"fold {fold}: {len(data.train)} real train, {len(data.val)} val, {len(data.evaluation)} evaluated "
             f"({data.eval_split} split), synthetic {syn}"
         )
+        for name, ds in data.synthetic_val.items():
+            logger.info(f"fold {fold}: GAN-test of {name} on {len(ds)} images of {ds.csv_path}")
+        for name, reason in data.synthetic_val_missing.items():
+            logger.warning(f"WARNING: fold {fold}: GAN-test of {name} is n/a: {reason}")
     split_note = eval_split_note(folds)
     if any(d.eval_split == "val" for d in folds.values()):
         logger.warning(f"WARNING: evaluated on {split_note}")
@@ -184,9 +209,17 @@ def main(args: argparse.Namespace) -> dict:
                 for seed in args.seeds:
                     done = run_path(out_dir, c, fold, seed, key).is_file()
                     logger.info(f"plan: {c.name} fold {fold} seed {seed}: {'finished' if done else 'to train'}")
-        return {"out": out_dir, "summary": [], "runs": []}
+        for name in synthetic_sets(conditions) if args.gan_test else []:
+            for fold, data in folds.items():
+                what = f"score {len(data.synthetic_val[name])} images" if name in data.synthetic_val else "n/a"
+                logger.info(f"plan: GAN-test {name} fold {fold}: {what}")
+        return {"out": out_dir, "summary": [], "runs": [], "label_fidelity": [], "gan_test": []}
 
-    # Train (or resume) every run, then aggregate and test against the geometric baseline.
+    # Train (or resume) every run, score the synthetic validation copies (GAN-test), then aggregate and test
+    # against the geometric baseline.
+    sets = synthetic_sets(conditions)
+    baseline = next((c for c in conditions if c.kind == BASELINE), None)
+    gan_test = args.gan_test and bool(sets)
     with logging_redirect_tqdm(loggers=[logger]):
         records = run_study(
             conditions,
@@ -202,8 +235,31 @@ def main(args: argparse.Namespace) -> dict:
             num_workers=args.num_workers,
             eval_batch_size=args.eval_batch_size,
             resume=args.resume,
+            baseline_weights_needed=gan_test and any(d.synthetic_val for d in folds.values()),
         )
+        gan_test_records = []
+        if gan_test:
+            gan_test_records = run_gan_test(
+                sets,
+                baseline,
+                [r for r in records if baseline is not None and r["condition"] == baseline.name],
+                folds,
+                args.seeds,
+                cfg,
+                label_names,
+                weights,
+                Path(args.data_path),
+                out_dir,
+                device,
+                logger,
+                num_workers=args.num_workers,
+                eval_batch_size=args.eval_batch_size,
+                resume=args.resume,
+            )
     summaries = summarize(records, conditions, label_names, args.test, args.test_metric)
+    fidelity = summarize_label_fidelity(
+        summaries, gan_test_records, conditions, "" if args.gan_test else "not computed (--no-gan-test)"
+    )
     meta = {
         "arch": args.arch,
         "pretrained": weights is not None,
@@ -218,15 +274,26 @@ def main(args: argparse.Namespace) -> dict:
         "folds": list(folds),
         "seeds": list(args.seeds),
         "conditions": [c.spec() for c in conditions],
+        "gan_test": args.gan_test,
         "device": str(device),
         "train_config": asdict(cfg),
         "args": dict(vars(args)),
         "warnings": warnings,
     }
-    paths = write_results(out_dir, records, summaries, label_names, meta)
+    paths = write_results(
+        out_dir, records, summaries, label_names, meta, fidelity, [without_bulk(r) for r in gan_test_records]
+    )
     logger.info("results (percent, mean ± std over runs):\n" + markdown_table(summaries))
+    if fidelity:
+        logger.info("label fidelity (percent, mean ± std over runs):\n" + label_fidelity_table(fidelity))
     logger.info(f"wrote {', '.join(str(p) for p in paths)}")
-    return {"out": out_dir, "summary": summaries, "runs": records}
+    return {
+        "out": out_dir,
+        "summary": summaries,
+        "runs": records,
+        "label_fidelity": fidelity,
+        "gan_test": gan_test_records,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         nargs="+",
         default=["geometric", "noaug"],
-        help=f"training conditions: {SYNTAX}; DIR holds train_syn_{{fold}}.csv and may contain '{{fold}}'",
+        help=f"training conditions: {SYNTAX}; DIR holds train_syn_{{fold}}.csv (and val_syn_{{fold}}.csv for "
+        "GAN-test) and may contain '{fold}'; synthetic-only trains on the synthetic set alone (GAN-train)",
     )
     p.add_argument("--out", type=str, default="results_classify", help="output folder (results, runs/, log.txt)")
     p.add_argument("--arch", type=str, choices=ARCHS, default="resnet50", help="classifier (tiny: CPU tests/demos)")
@@ -287,7 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True, help="reuse finished runs from --out/runs"
     )
+    p.add_argument(
+        "--gan-test",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score each synthetic set's DIR/val_syn_{fold}.csv with the geometric baseline classifier of the same "
+        "fold and seed (GAN-test; needs the geometric condition; n/a for a fold without that CSV)",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate the data, list the runs to do, train nothing")
+    add_tf32_flag(p)
     return p
 
 

@@ -1,9 +1,17 @@
-"""Training conditions of the study (the rows of Table B, SPEC B2) and their command-line syntax.
+"""Training conditions of the study (the rows of Table B, docs/PAPER.md §B2) and their command-line syntax.
 
-`noaug` (real images, no augmentation), `geometric` (real images, geometric augmentation: the baseline) and
-`synthetic:DIR` or `synthetic:NAME=DIR` (real images plus the synthetic images listed in `DIR/train_syn_{fold}.csv`,
-all with geometric augmentation). The sampling script writes one folder per fold (its name contains the fold,
-SPEC 3.3), so DIR may hold a `{fold}` placeholder, filled in for each fold.
+- `noaug`: real images, no augmentation.
+- `geometric`: real images, geometric augmentation (the baseline).
+- `synthetic:DIR` or `synthetic:NAME=DIR`: real images plus the synthetic images listed in `DIR/train_syn_{fold}.csv`,
+  all with geometric augmentation.
+- `synthetic-only:DIR` or `synthetic-only:NAME=DIR`: the synthetic images of `DIR/train_syn_{fold}.csv` alone, with
+  geometric augmentation; model selection still on the real validation split, evaluation on the real test split.
+  This is GAN-train, the Classification Accuracy Score of Ravuri and Vinyals (NeurIPS 2019): how much of the real
+  label structure a class-conditional generator's images teach (docs/DECISIONS.md §C7). Its row is named
+  "NAME (synthetic only)"; NAME is the synthetic set's name, shared with a `synthetic:NAME=DIR` entry of the same DIR.
+
+The sampling script writes one folder per fold (its name contains the fold, docs/REFERENCE.md §3.3), so DIR may hold a
+`{fold}` placeholder, filled in for each fold.
 """
 
 from __future__ import annotations
@@ -12,10 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BASELINE = "geometric"
-KINDS: tuple[str, ...] = ("noaug", "geometric", "synthetic")
+SYNTHETIC_KINDS: tuple[str, ...] = ("synthetic", "synthetic-only")
+KINDS: tuple[str, ...] = ("noaug", "geometric", *SYNTHETIC_KINDS)
 # Row names of the paper's Table B for the two real-only conditions.
 DISPLAY_NAMES = {"geometric": "Baseline (Geometric Aug)", "noaug": "Baseline w/o Aug."}
-SYNTAX = "noaug | geometric | synthetic:DIR | synthetic:NAME=DIR"
+SYNTHETIC_ONLY_SUFFIX = " (synthetic only)"
+SYNTAX = "noaug | geometric | synthetic:DIR | synthetic:NAME=DIR | synthetic-only:DIR | synthetic-only:NAME=DIR"
+
+
+def fold_folder(sample_dir: str, fold: int) -> Path:
+    """The sample folder of `fold`: `sample_dir` with its `{fold}` placeholder (if any) filled in."""
+    return Path(sample_dir.replace("{fold}", str(fold)))
 
 
 @dataclass(frozen=True)
@@ -23,20 +38,24 @@ class Condition:
     """One training condition.
 
     Attributes:
-        name: unique key of the condition in results ("geometric", "noaug", or the synthetic NAME).
-        kind: "noaug", "geometric" or "synthetic".
-        sample_dir: the sample folder holding `train_syn_{fold}.csv` (synthetic only); may contain `{fold}`.
+        name: unique key of the condition in results ("geometric", "noaug", the synthetic NAME, or
+            "NAME (synthetic only)").
+        kind: "noaug", "geometric", "synthetic" or "synthetic-only".
+        sample_dir: the sample folder holding `train_syn_{fold}.csv` (synthetic kinds only); may contain `{fold}`.
+        set_name: the synthetic set's NAME (synthetic kinds only): conditions and label-fidelity scores of one
+            synthetic set share it.
     """
 
     name: str
     kind: str
     sample_dir: str | None = None
+    set_name: str | None = None
 
     def folder(self, fold: int) -> Path:
         """The sample folder of `fold` (the `{fold}` placeholder filled in)."""
         if self.sample_dir is None:
             raise ValueError(f"condition {self.name!r} has no sample folder")
-        return Path(self.sample_dir.replace("{fold}", str(fold)))
+        return fold_folder(self.sample_dir, fold)
 
     @property
     def augment(self) -> bool:
@@ -44,19 +63,30 @@ class Condition:
         return self.kind != "noaug"
 
     @property
+    def uses_real(self) -> bool:
+        """Whether the real training split is trained on (every condition but `synthetic-only`)."""
+        return self.kind != "synthetic-only"
+
+    @property
+    def uses_synthetic(self) -> bool:
+        """Whether a synthetic set is trained on."""
+        return self.kind in SYNTHETIC_KINDS
+
+    @property
     def display_name(self) -> str:
         return DISPLAY_NAMES.get(self.kind, self.name)
 
     def spec(self) -> str:
         """The command-line form (round-trips through parse_condition)."""
-        return self.kind if self.sample_dir is None else f"synthetic:{self.name}={self.sample_dir}"
+        return self.kind if self.sample_dir is None else f"{self.kind}:{self.set_name}={self.sample_dir}"
 
 
 def parse_condition(text: str) -> Condition:
     """Parse one `--conditions` entry.
 
     `synthetic:NAME=DIR` names the row NAME; `synthetic:DIR` names it after DIR's last component. A `=` counts as
-    the NAME separator only when the part before it contains no path separator.
+    the NAME separator only when the part before it contains no path separator. `synthetic-only:` takes the same
+    forms; its row is "NAME (synthetic only)".
 
     Args:
         text: the entry.
@@ -67,7 +97,7 @@ def parse_condition(text: str) -> Condition:
     if text in ("noaug", "geometric"):
         return Condition(text, text)
     kind, sep, rest = text.partition(":")
-    if kind != "synthetic" or not sep or not rest:
+    if kind not in SYNTHETIC_KINDS or not sep or not rest:
         raise ValueError(f"--conditions {text!r}: unknown condition; expected {SYNTAX}")
     name, eq, folder = rest.partition("=")
     if not eq or "/" in name or "\\" in name:
@@ -77,20 +107,39 @@ def parse_condition(text: str) -> Condition:
     name = name or Path(folder).resolve().name
     if not name or name in KINDS:
         raise ValueError(f"--conditions {text!r}: give the synthetic condition a name other than {KINDS}: NAME=DIR")
-    return Condition(name, "synthetic", folder)
+    if name.endswith(SYNTHETIC_ONLY_SUFFIX):
+        raise ValueError(f"--conditions {text!r}: NAME must not end with {SYNTHETIC_ONLY_SUFFIX!r}")
+    row = name + SYNTHETIC_ONLY_SUFFIX if kind == "synthetic-only" else name
+    return Condition(row, kind, folder, name)
 
 
 def parse_conditions(texts: list[str]) -> list[Condition]:
-    """Parse every `--conditions` entry and reject duplicate names."""
+    """Parse every `--conditions` entry; reject duplicate rows and one synthetic NAME given two folders."""
     conditions = [parse_condition(t) for t in texts]
     names = [c.name for c in conditions]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"--conditions: duplicate condition names {duplicates}; use synthetic:NAME=DIR")
+    folders: dict[str, str] = {}
+    for c in conditions:
+        if c.set_name is not None and folders.setdefault(c.set_name, c.sample_dir) != c.sample_dir:
+            raise ValueError(
+                f"--conditions: synthetic set {c.set_name!r} names two folders ({folders[c.set_name]} and "
+                f"{c.sample_dir}); one NAME is one synthetic set"
+            )
     return conditions
 
 
+def synthetic_sets(conditions: list[Condition]) -> dict[str, str]:
+    """{set NAME: sample folder (may contain `{fold}`)} of every synthetic set, in order of first appearance."""
+    sets: dict[str, str] = {}
+    for c in conditions:
+        if c.set_name is not None:
+            sets.setdefault(c.set_name, c.sample_dir)
+    return sets
+
+
 def table_order(conditions: list[Condition]) -> list[Condition]:
-    """Rows in the paper's order: geometric baseline, no augmentation, then synthetic conditions as given."""
-    rank = {"geometric": 0, "noaug": 1, "synthetic": 2}
+    """Rows in the paper's order: geometric baseline, no augmentation, real + synthetic, then synthetic only."""
+    rank = {"geometric": 0, "noaug": 1, "synthetic": 2, "synthetic-only": 3}
     return sorted(conditions, key=lambda c: rank[c.kind])

@@ -73,6 +73,8 @@ class RunOutcome:
         history: one dict per epoch: epoch, train_loss, val_mAP, lr.
         best_epoch: the (1-based) epoch whose weights were evaluated.
         best_val_map: its validation mAP.
+        state: those weights (CPU state dict), e.g. to score other images later (GAN-test).
+        n_train: number of training images (rows of every training set).
     """
 
     labels: np.ndarray
@@ -80,6 +82,8 @@ class RunOutcome:
     history: list[dict]
     best_epoch: int
     best_val_map: float
+    state: dict[str, torch.Tensor]
+    n_train: int
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -209,4 +213,37 @@ def run_training(
         labels, scores = predict(model, val_loader, device)
     else:
         labels, scores = predict(model, eval_loader(evaluation), device)
-    return RunOutcome(labels, scores, history, best_epoch, best_map if best_map > -math.inf else float("nan"))
+    best_val_map = best_map if best_map > -math.inf else float("nan")
+    return RunOutcome(labels, scores, history, best_epoch, best_val_map, best_state, len(train_ds))
+
+
+def predict_with_state(
+    cfg: TrainConfig,
+    state: dict[str, torch.Tensor],
+    dataset: FoldCSVDataset,
+    device: torch.device,
+    num_workers: int = 0,
+    eval_batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores of a trained classifier (its state dict) on a dataset, with the evaluation transform.
+
+    Args:
+        cfg: the protocol settings the classifier was trained under (architecture, input size, resize mode).
+        state: the classifier's state dict.
+        dataset: (PIL image, label) dataset with a `labels` (N, K) array.
+        device: compute device.
+        num_workers: DataLoader workers.
+        eval_batch_size: batch size.
+
+    Returns:
+        (labels (N, K) int64, scores (N, K) float64).
+    """
+    model = build_classifier(cfg.arch, dataset.labels.shape[1])
+    model.load_state_dict(state)
+    loader = DataLoader(
+        TransformedDataset(dataset, classifier_transform(cfg.image_size, None, cfg.resize)),
+        eval_batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    return predict(model.to(device), loader, device)

@@ -7,15 +7,20 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score, recall_score, roc_auc_score
 
 from classify import build_parser, main
 from data.labels import OCT_LABELS
 from data.phantoms import make_phantom_dataset
+from downstream.classifier import build_classifier
 from downstream.conditions import parse_conditions
 from downstream.splits import load_fold
+from synthesis.annotations import write_annotations
 
 TINY = ["--dataset", "oct", "--arch", "tiny", "--image-size", "32", "--batch-size", "4", "--num-workers", "0"]
 
@@ -39,6 +44,21 @@ def make_sample_folder(data_path: Path, out: Path, folds: tuple[int, ...] = (0, 
         combos = frame[list(OCT_LABELS)].astype(str).agg("".join, axis=1)
         frame["multi_class_label"] = combos.astype("category").cat.codes
         frame.to_csv(out / f"train_syn_{fold}.csv")
+    return out
+
+
+def make_val_copy(data_path: Path, out: Path, fold: int) -> Path:
+    """A validation copy in sample_ddp_val.py's layout: gen_samples_val/{index:06d}.png + val_syn_{fold}.csv.
+
+    Written by the sampling scripts' own annotation writer; image i is a copy of real validation image i and carries
+    its labels (a perfect generator), so the copy holds exactly the real validation split.
+    """
+    real = pd.read_csv(data_path / f"val_{fold}.csv", index_col=0)
+    (out / "gen_samples_val").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(real["filename"]):
+        shutil.copy(data_path / name, out / "gen_samples_val" / f"{i:06d}.png")
+    labels = real[list(OCT_LABELS)].to_numpy()
+    write_annotations(out, f"val_syn_{fold}.csv", "gen_samples_val", range(len(real)), labels, OCT_LABELS)
     return out
 
 
@@ -177,3 +197,151 @@ def test_errors_before_training(phantoms, samples, tmp_path):
     _expect_error([*base, "--conditions", "geometric", "synthetic"], out, "--conditions", "synthetic:NAME=DIR")
     # Impossible protocol values name their flag.
     _expect_error([*base, "--threshold", "1.5"], out, "--threshold")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label fidelity: GAN-test and GAN-train
+
+
+def sklearn_macro(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Macro AUC, F1 (sen/spe) and mAP written out with sklearn, labels without positives or negatives skipped."""
+    auc, f1ss, ap = [], [], []
+    for k in range(labels.shape[1]):
+        y, s = labels[:, k], scores[:, k]
+        pred = s >= threshold
+        if y.any():
+            ap.append(average_precision_score(y, s))
+        if y.any() and (~y.astype(bool)).any():
+            auc.append(roc_auc_score(y, s))
+            sen = recall_score(y, pred)
+            spe = recall_score(1 - y, ~pred)
+            f1ss.append(0.0 if sen + spe == 0 else 2 * sen * spe / (sen + spe))
+    return {"AUC": np.mean(auc), "F1 (sen/spe)": np.mean(f1ss), "mAP": np.mean(ap)}
+
+
+def independent_scores(state_file: Path, folder: Path, csv: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and sigmoid scores of the saved baseline classifier on the images of `folder/csv`, preprocessed here."""
+    frame = pd.read_csv(folder / csv, index_col=0)
+    model = build_classifier("tiny", len(OCT_LABELS))
+    model.load_state_dict(torch.load(state_file, weights_only=True)["state_dict"])
+    model.eval()
+    images = []
+    for name in frame["filename"]:
+        with Image.open(folder / name) as img:
+            pixels = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+        images.append(torch.from_numpy(pixels / 127.5 - 1.0).permute(2, 0, 1))  # [0, 255] -> [-1, 1], (3, S, S)
+    with torch.no_grad():
+        scores = torch.sigmoid(model(torch.stack(images))).double().numpy()
+    return frame[list(OCT_LABELS)].to_numpy(), scores
+
+
+def test_label_fidelity_end_to_end(phantoms, tmp_path):
+    samples = make_sample_folder(phantoms, tmp_path / "samples", per_fold=6)
+    make_val_copy(phantoms, samples, fold=0)  # fold 1 has no validation copy: its GAN-test is n/a
+    out = tmp_path / "out"
+    argv = [
+        "--data-path", str(phantoms), *TINY, "--epochs", "1", "--folds", "0", "1", "--seeds", "0", "--out", str(out),
+        "--conditions", "geometric", f"synthetic:SYN={samples}", f"synthetic-only:SYN={samples}",
+        "--threshold", "0.49",  # after one epoch the scores sit near 0.5: both kinds of prediction occur
+    ]  # fmt: skip
+    result = run(argv)
+
+    # GAN-test of fold 0: the saved baseline weights, applied here to the copy, give the stored scores, and the
+    # metrics are sklearn's on them against the labels of val_syn_0.csv.
+    record = next(r for r in result["gan_test"] if r["fold"] == 0)
+    base = next(r for r in result["runs"] if r["condition"] == "geometric" and r["fold"] == 0)
+    state_file = out / "runs" / record["baseline_run"].replace(".json", ".pt")
+    labels, scores = independent_scores(state_file, samples, "val_syn_0.csv", 32)
+    assert record["available"] and record["n_eval"] == len(labels) == 20
+    np.testing.assert_allclose(np.asarray(record["scores"]), scores, atol=1e-6)
+    expected = sklearn_macro(labels, scores, threshold=0.49)
+    assert 0 < expected["F1 (sen/spe)"] < 1  # the thresholded metric is not trivially 0 or 1 here
+    for metric, value in expected.items():
+        assert record["metrics"][metric] == pytest.approx(value, abs=1e-6), metric
+    # The copy holds the real validation images, on which (no test split) the baseline itself was evaluated.
+    for metric in ("AUC", "F1 (sen/spe)", "mAP"):
+        assert record["metrics"][metric] == pytest.approx(base["metrics"][metric], abs=1e-6)
+
+    # Fold 1 has no val_syn_1.csv: n/a with the reason, and the study went on.
+    missing = next(r for r in result["gan_test"] if r["fold"] == 1)
+    assert not missing["available"] and "val_syn_1.csv" in missing["reason"]
+
+    # GAN-train: the synthetic-only runs trained on the rows of train_syn_{fold}.csv and nothing else.
+    only = [r for r in result["runs"] if r["condition"] == "SYN (synthetic only)"]
+    assert len(only) == 2
+    for r in only:
+        csv = samples / f"train_syn_{r['fold']}.csv"
+        assert r["train_csvs"] == [str(csv)]
+        assert r["n_train"] == r["n_train_synthetic"] == len(pd.read_csv(csv, index_col=0)) == 6
+        assert r["n_train_real"] == 0
+    mixed = next(r for r in result["runs"] if r["condition"] == "SYN")
+    assert mixed["n_train"] == 20 + 6 and len(mixed["train_csvs"]) == 2
+
+    # The files: a Label fidelity table whose GAN-train cells are the synthetic-only row of Table B.
+    md = (out / "results.md").read_text()
+    assert "## Label fidelity" in md and "| SYN (synthetic only) |" in md
+    header = "| Synthetic set | GAN-test AUC↑ | GAN-test F1 (sen/spe)↑ | GAN-test mAP↑ | GAN-train AUC↑ |"
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    table_b = cells(next(line for line in lines if line.startswith("| SYN (synthetic only) |")))
+    fid = cells(next(line for line in lines[start:] if line.startswith("| SYN |")))
+    # Table B: name, Sen, Spe, AUC, F1, F1 (sen/spe), mAP, p; label fidelity: name, 3 GAN-test, 3 GAN-train.
+    assert fid[4:] == [table_b[3], table_b[5], table_b[6]]
+    assert fid[1] == f"{100 * record['metrics']['AUC']:.2f} ± n/a"  # one available run: no std
+    assert "1 of 2 runs n/a" in md
+    frame = pd.read_csv(out / "results.csv")
+    gan_rows = frame[frame["condition"] == "GAN-test:SYN"]
+    assert len(gan_rows) == 1 and gan_rows["kind"].iloc[0] == "gan-test" and gan_rows["eval_split"].iloc[0] == "val_syn"
+    assert gan_rows["mAP"].iloc[0] == pytest.approx(record["metrics"]["mAP"])
+    document = json.loads((out / "results.json").read_text())
+    fidelity = document["label_fidelity"]
+    assert [r["name"] for r in fidelity["summary"]] == ["Real images (reference)", "SYN"]
+    assert fidelity["summary"][1]["gan_train"]["condition"] == "SYN (synthetic only)"
+    assert all("scores" not in r for r in fidelity["gan_test"]) and len(fidelity["gan_test"]) == 2
+
+    # Rerun: the GAN-test score is reused, nothing trains.
+    run(argv)
+    log = (out / "log.txt").read_text()
+    assert log.count("GAN-test SYN fold 0 seed 0: resumed from") == 1 and log.count(": training (key") == 6
+
+
+def test_gan_test_of_a_set_added_later_reuses_the_baseline(phantoms, tmp_path):
+    samples = make_val_copy(phantoms, make_sample_folder(phantoms, tmp_path / "samples", folds=(0,)), fold=0)
+    out = tmp_path / "out"
+    base = ["--data-path", str(phantoms), *TINY, "--epochs", "1", "--out", str(out)]
+    run([*base, "--conditions", "geometric"])
+    (state_file,) = (out / "runs").glob("geometric_fold0_seed0_*.pt")
+
+    # A synthetic set added afterwards: the finished baseline is resumed, its saved weights score the copy.
+    first = run([*base, "--conditions", "geometric", f"synthetic:SYN={samples}"])
+    assert first["gan_test"][0]["available"]
+    log = (out / "log.txt").read_text()
+    assert log.count("geometric fold 0 seed 0: resumed from") == 1
+    assert log.count("geometric fold 0 seed 0: training (key") == 1
+
+    # Without its weights the baseline is trained again (the same run, so the same scores).
+    state_file.unlink()
+    again = run([*base, "--conditions", "geometric", f"synthetic:SYN={samples}"])
+    assert state_file.is_file()
+    assert (out / "log.txt").read_text().count("are missing: training again") == 1
+    assert again["gan_test"][0]["metrics"] == first["gan_test"][0]["metrics"]
+
+
+def test_gan_test_needs_the_baseline(phantoms, tmp_path):
+    samples = make_val_copy(phantoms, make_sample_folder(phantoms, tmp_path / "samples", folds=(0,)), fold=0)
+    argv = ["--data-path", str(phantoms), *TINY, "--epochs", "1", "--conditions", f"synthetic-only:{samples}"]
+    _expect_error(argv, tmp_path / "out", "'geometric'", "--no-gan-test", "['samples']")
+    # Without GAN-test a synthetic-only study needs no baseline.
+    result = run([*argv, "--no-gan-test", "--dry-run", "--out", str(tmp_path / "out")])
+    assert result["gan_test"] == []
+
+
+def test_broken_validation_copy_fails_before_training(phantoms, tmp_path):
+    samples = make_val_copy(phantoms, make_sample_folder(phantoms, tmp_path / "samples", folds=(0,)), fold=0)
+    (samples / "gen_samples_val" / "000003.png").unlink()
+    argv = ["--data-path", str(phantoms), *TINY, "--epochs", "1", "--conditions", "geometric", f"synthetic:{samples}"]
+    _expect_error(argv, tmp_path / "out", "val_syn_0.csv", "gen_samples_val/000003.png")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from downstream.conditions import Condition, parse_condition, parse_conditions, table_order
+from downstream.conditions import Condition, parse_condition, parse_conditions, synthetic_sets, table_order
 
 
 def test_parse_each_form():
@@ -29,7 +29,19 @@ def test_fold_placeholder():
 
 
 @pytest.mark.parametrize(
-    "text", ["foo", "synthetic", "synthetic:", "synthetic:X=", "geometric:dir", "synthetic:noaug=d"]
+    "text",
+    [
+        "foo",
+        "synthetic",
+        "synthetic:",
+        "synthetic:X=",
+        "geometric:dir",
+        "synthetic:noaug=d",
+        "synthetic-only",
+        "synthetic-only:",
+        "synthetic-only:synthetic-only=d",
+        "synthetic:X (synthetic only)=d",
+    ],
 )
 def test_bad_syntax_is_rejected(text):
     with pytest.raises(ValueError, match="--conditions"):
@@ -41,3 +53,26 @@ def test_duplicates_and_order():
         parse_conditions(["geometric", "synthetic:a/run", "synthetic:b/run"])
     order = table_order(parse_conditions(["synthetic:S=d", "noaug", "geometric"]))
     assert [c.name for c in order] == ["geometric", "noaug", "S"]
+
+
+def test_synthetic_only_form():
+    only = parse_condition("synthetic-only:GeCA-S=out/GeCA-S-fold-{fold}")
+    assert (only.name, only.kind, only.set_name) == ("GeCA-S (synthetic only)", "synthetic-only", "GeCA-S")
+    assert only.display_name == "GeCA-S (synthetic only)" and only.augment
+    assert not only.uses_real and only.uses_synthetic and only.folder(2) == Path("out/GeCA-S-fold-2")
+    assert parse_condition(only.spec()) == only
+    bare = parse_condition("synthetic-only:some/dir/LDM-B-run")
+    assert (bare.name, bare.set_name) == ("LDM-B-run (synthetic only)", "LDM-B-run")
+    mixed = parse_condition("synthetic:GeCA-S=out/GeCA-S-fold-{fold}")
+    assert mixed.uses_real and mixed.uses_synthetic and mixed.set_name == "GeCA-S"
+    assert parse_condition("geometric").uses_real and not parse_condition("geometric").uses_synthetic
+
+
+def test_synthetic_sets_pair_conditions_by_name():
+    conditions = parse_conditions(["geometric", "synthetic:A=da", "synthetic-only:A=da", "synthetic-only:B=db"])
+    assert synthetic_sets(conditions) == {"A": "da", "B": "db"}
+    assert [c.name for c in table_order(conditions)] == ["geometric", "A", "A (synthetic only)", "B (synthetic only)"]
+    # Without names, both kinds of one folder name the same set.
+    assert synthetic_sets(parse_conditions(["synthetic:x/run", "synthetic-only:x/run"])) == {"run": "x/run"}
+    with pytest.raises(ValueError, match="two folders"):
+        parse_conditions(["synthetic:A=da", "synthetic-only:A=other"])

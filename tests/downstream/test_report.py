@@ -6,12 +6,13 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
 from downstream.conditions import parse_conditions
 from downstream.metrics import METRIC_NAMES
-from downstream.report import markdown_report, summarize, write_results
+from downstream.report import markdown_report, summarize, summarize_label_fidelity, write_results
 
 LABELS = ("A", "B")
 
@@ -105,3 +106,68 @@ def test_written_files(tmp_path):
     csv_header = paths[0].read_text().splitlines()[0].split(",")
     assert {"condition", "fold", "seed", *METRIC_NAMES, "mAP[A]"} <= set(csv_header)
     assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+GAN_TEST = {(0, 0): 0.80, (0, 1): 0.84, (1, 0): 0.78}  # fold 1 seed 1: no validation copy
+
+
+def _gan_test_records() -> list[dict]:
+    out = []
+    for (fold, seed), value in GAN_TEST.items():
+        record = _record("GAN-test:S", fold, seed, value)
+        record.update(kind="gan-test", set="S", available=True, reason=None, eval_split="val_syn")
+        out.append(record)
+    out.append({"condition": "GAN-test:S", "set": "S", "fold": 1, "seed": 1, "available": False, "reason": "no copy"})
+    return out
+
+
+def test_label_fidelity_rows():
+    conditions = parse_conditions(["geometric", "synthetic:S=dir", "synthetic-only:S=dir", "synthetic:T=other"])
+    records = _records() + [_record("S (synthetic only)", f, s, v - 0.2) for (f, s), v in SYN.items()]
+    summary = summarize(records, conditions, LABELS)
+    rows = summarize_label_fidelity(summary, _gan_test_records(), conditions)
+    assert [r["name"] for r in rows] == ["Real images (reference)", "S", "T"]
+    reference, s_row, t_row = rows
+    # The reference holds the baseline's own scores in both places.
+    assert reference["gan_test"]["metrics"]["mAP"]["mean"] == pytest.approx(np.mean(list(BASE.values())))
+    assert reference["gan_train"]["metrics"] == reference["gan_test"]["metrics"]
+    # GAN-test: mean and sample std over the available runs only, the missing one named in the note.
+    values = list(GAN_TEST.values())
+    assert s_row["gan_test"]["n_runs"] == 3
+    assert s_row["gan_test"]["metrics"]["AUC"]["mean"] == pytest.approx(np.mean(values))
+    assert s_row["gan_test"]["metrics"]["AUC"]["std"] == pytest.approx(np.std(values, ddof=1))
+    assert s_row["gan_test"]["note"] == "1 of 4 runs n/a: no copy"
+    # GAN-train: the synthetic-only condition's own summary.
+    only = [v - 0.2 for v in SYN.values()]
+    assert s_row["gan_train"]["condition"] == "S (synthetic only)"
+    assert s_row["gan_train"]["metrics"]["mAP"]["mean"] == pytest.approx(np.mean(only))
+    # A set without copies or synthetic-only condition: n/a with notes.
+    assert math.isnan(t_row["gan_test"]["metrics"]["mAP"]["mean"]) and t_row["gan_test"]["n_runs"] == 0
+    assert "synthetic-only:T=DIR" in t_row["gan_train"]["note"]
+    assert summarize_label_fidelity(summary, [], parse_conditions(["geometric", "noaug"])) == []
+
+    text = markdown_report(summary, META, rows)
+    fidelity_lines = text.split("## Label fidelity")[1].splitlines()
+    s_line = next(line for line in fidelity_lines if line.startswith("| S |"))
+    cells = [c.strip() for c in s_line.strip("|").split("|")]
+    assert cells[1] == f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
+    assert cells[6] == f"{100 * np.mean(only):.2f} ± {100 * np.std(only, ddof=1):.2f}"
+    t_line = next(line for line in fidelity_lines if line.startswith("| T |"))
+    assert t_line.count("n/a") == 6 and "S: GAN-test 1 of 4 runs n/a: no copy" in text
+
+
+def test_written_files_carry_label_fidelity(tmp_path):
+    conditions = parse_conditions(["geometric", "synthetic:S=dir"])
+    records = _records()
+    summary = summarize(records, conditions, LABELS)
+    gan_test = _gan_test_records()
+    rows = summarize_label_fidelity(summary, gan_test, conditions)
+    paths = write_results(tmp_path, records, summary, LABELS, META, rows, gan_test)
+    frame = pd.read_csv(paths[0])
+    gan_rows = frame[frame["condition"] == "GAN-test:S"]
+    assert len(gan_rows) == 3 and set(gan_rows["kind"]) == {"gan-test"}  # the unavailable run has no row
+    assert sorted(gan_rows["mAP"]) == pytest.approx(sorted(GAN_TEST.values()))
+    document = json.loads(paths[1].read_text())
+    assert [r["name"] for r in document["label_fidelity"]["summary"]] == ["Real images (reference)", "S"]
+    assert len(document["label_fidelity"]["gan_test"]) == 4
+    assert "summary" in document and "runs" in document  # the keys readers already use stay
