@@ -3,6 +3,8 @@
 Structure after IDDPM/DiT (Nichol & Dhariwal 2021) with the GeCA changes of the reference (SPEC A 5.4):
 cellular models get a fresh seed state in training, and the samplers thread the cell state a model returns
 (`extras`) into the next reverse step (Gene Heredity Guidance). DDIM threads it too, which the reference did not.
+With `inherit_state=False` the samplers thread nothing and a cellular model grows every step from a fresh seed, as
+in training (the fresh-seed ablation of GHG, docs/DECISIONS.md §C7).
 
 Conventions: `t` always indexes this object's own (possibly respaced) timesteps; the model sees whatever the
 wrapper of `_wrap_model` gives it (the original timesteps for `SpacedDiffusion`). Tables are float64 and cast to
@@ -339,8 +341,18 @@ class GaussianDiffusion:
         device: torch.device | str | None,
         progress: bool,
         generator: rng.Generator,
+        inherit_state: bool = True,
     ) -> Iterator[dict[str, Any]]:
-        """Run `step` from t = T - 1 down to 0, threading the model's returned cell state (GHG, SPEC A 5.4.3)."""
+        """Run `step` from t = T - 1 down to 0.
+
+        With `inherit_state` the model's returned cell state is the next step's `extras` (GHG,
+        docs/REFERENCE.md §5.4); without it no `extras` is ever passed, so a cellular model seeds itself at every
+        step from `generator` (output and hidden channels fresh, as in training).
+        """
+        if not inherit_state and (model_kwargs or {}).get("extras") is not None:
+            raise ValueError(
+                "inherit_state=False grows every step from a fresh seed: model_kwargs must not hold an initial 'extras'"
+            )
         device = _sampling_device(model, noise, device)
         if noise is not None:
             if tuple(noise.shape) != tuple(shape):
@@ -361,7 +373,7 @@ class GaussianDiffusion:
                 out = step(model, x, t, model_kwargs=kwargs, generator=generator)
             yield out
             x = out["sample"]
-            if out["extras"] is not None:
+            if inherit_state and out["extras"] is not None:
                 kwargs["extras"] = out["extras"]
 
     def p_sample_loop_progressive(
@@ -375,12 +387,15 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         progress: bool = False,
         generator: rng.Generator = None,
+        inherit_state: bool = True,
     ) -> Iterator[dict[str, Any]]:
         """Ancestral sampling, yielding the dict of `p_sample` after every step.
 
         When the model returns (output, extras), `model_kwargs["extras"]` of the next step is that cell state,
         so a cellular model inherits its genes across reverse steps (GHG); the initial extras come from the
-        caller (e.g. `model.seed(z)`).
+        caller (e.g. `model.seed(z)`). With `inherit_state=False` no extras are passed at any step: a cellular
+        model then starts every step from a fresh seed cell drawn from `generator` (output and hidden channels),
+        exactly as in training.
 
         Args:
             model: `model.forward` or `model.forward_with_cfg` (or any callable with that signature).
@@ -392,18 +407,21 @@ class GaussianDiffusion:
             device: device of the loop; defaults to the noise's or the model's.
             progress: show a tqdm bar.
             generator: source of every draw (see infra.rng); also passed to the model as `generator`.
+            inherit_state: thread the returned cell state into the next step (GHG, the reference); False: never
+                pass extras (fresh-seed sampling).
 
         Yields:
             Dicts with "sample", "pred_xstart" and "extras".
 
         Raises:
-            ValueError: when `noise` does not have shape `shape`.
+            ValueError: when `noise` does not have shape `shape`, or when model_kwargs holds extras while
+                `inherit_state` is False.
         """
 
         def step(model: ModelFn, x: torch.Tensor, t: torch.Tensor, **kw: Any) -> dict[str, Any]:
             return self.p_sample(model, x, t, clip_denoised, denoised_fn, **kw)
 
-        yield from self._loop(step, model, shape, noise, model_kwargs, device, progress, generator)
+        yield from self._loop(step, model, shape, noise, model_kwargs, device, progress, generator, inherit_state)
 
     def p_sample_loop(
         self,
@@ -416,10 +434,11 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         progress: bool = False,
         generator: rng.Generator = None,
+        inherit_state: bool = True,
     ) -> torch.Tensor:
         """The final sample x_0 of `p_sample_loop_progressive`, shape `shape`."""
         steps = self.p_sample_loop_progressive(
-            model, shape, noise, clip_denoised, denoised_fn, model_kwargs, device, progress, generator
+            model, shape, noise, clip_denoised, denoised_fn, model_kwargs, device, progress, generator, inherit_state
         )
         return deque(steps, maxlen=1).pop()["sample"]  # keeps only the last step in memory
 
@@ -467,17 +486,18 @@ class GaussianDiffusion:
         progress: bool = False,
         eta: float = 0.0,
         generator: rng.Generator = None,
+        inherit_state: bool = True,
     ) -> Iterator[dict[str, Any]]:
         """DDIM sampling, yielding after every step; threads extras like `p_sample_loop_progressive`.
 
-        Use with a respaced process, e.g. `create_diffusion("ddim50")`. Arguments as
+        Use with a respaced process, e.g. `create_diffusion("ddim50")`. Arguments (`inherit_state` included) as
         `p_sample_loop_progressive`, plus `eta` (0: deterministic given x_T).
         """
 
         def step(model: ModelFn, x: torch.Tensor, t: torch.Tensor, **kw: Any) -> dict[str, Any]:
             return self.ddim_sample(model, x, t, clip_denoised, denoised_fn, eta=eta, **kw)
 
-        yield from self._loop(step, model, shape, noise, model_kwargs, device, progress, generator)
+        yield from self._loop(step, model, shape, noise, model_kwargs, device, progress, generator, inherit_state)
 
     def ddim_sample_loop(
         self,
@@ -491,10 +511,21 @@ class GaussianDiffusion:
         progress: bool = False,
         eta: float = 0.0,
         generator: rng.Generator = None,
+        inherit_state: bool = True,
     ) -> torch.Tensor:
         """The final sample of `ddim_sample_loop_progressive`, shape `shape`."""
         steps = self.ddim_sample_loop_progressive(
-            model, shape, noise, clip_denoised, denoised_fn, model_kwargs, device, progress, eta, generator
+            model,
+            shape,
+            noise,
+            clip_denoised,
+            denoised_fn,
+            model_kwargs,
+            device,
+            progress,
+            eta,
+            generator,
+            inherit_state,
         )
         return deque(steps, maxlen=1).pop()["sample"]
 

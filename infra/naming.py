@@ -30,15 +30,26 @@ def sample_folder_name(
     vae: str,
     cfg_scale: float,
     global_seed: int,
+    *,
+    sampler: str = "ddpm",
+    ghg: bool = True,
 ) -> str:
     """Sample folder of `sample_ddp.py` / `sample_ddp_val.py` (SPEC 3.3).
 
     Example: `GeCA-S-GS-fold-0-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0`. A `--vae` given as a local
-    folder contributes its base name.
+    folder contributes its base name. The reference's defaults (DDPM, Gene Heredity Guidance) give exactly the
+    reference's name; this project's variants append a suffix each, so their sets live beside it: `-ddim` for
+    `--sampler ddim`, then `-noghg` for `--no-ghg` (fresh-seed sampling, docs/DECISIONS.md §C7). The suffix follows
+    the flags alone, whatever the model, so later commands can derive the folder from the flags.
     """
     ckpt_string = os.path.basename(str(ckpt)).replace(".pt", "")
     vae_string = os.path.basename(os.path.normpath(str(vae)))
-    return (
+    name = (
         f"{model_tag(model)}-GS-fold-{fold}-nstep-{num_sampling_steps}-{ckpt_string}-size-{image_size}"
         f"-vae-{vae_string}-cfg-{cfg_scale}-seed-{global_seed}"
     )
+    if sampler == "ddim":
+        name += "-ddim"
+    if not ghg:
+        name += "-noghg"
+    return name

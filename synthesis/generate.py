@@ -40,12 +40,15 @@ def sample_images(
     sampler: str = "ddpm",
     vae=None,
     progress: bool = False,
+    ghg: bool = True,
 ) -> torch.Tensor:
     """Generate one image per label vector.
 
     With `cfg_scale > 1` the batch is doubled into [labels; zeros] and sampled through `forward_with_cfg` (for a
     cellular model this is Gene Heredity Guidance: output channels re-seeded, hidden channels inherited, SPEC 4.7);
-    otherwise through `forward` with the labels. Cellular models start from their single seed cell.
+    otherwise through `forward` with the labels, which carries output and hidden channels. Cellular models start
+    from their single seed cell. With `ghg=False` nothing is carried: every denoising step grows from a fresh seed
+    cell (output and hidden channels), as in training, drawn from the image's own generator.
 
     Args:
         model: denoiser in eval mode (EMA weights).
@@ -57,6 +60,8 @@ def sample_images(
         sampler: "ddpm" (ancestral, the reference) or "ddim" (eta 0, carries the cell state too).
         vae: AutoencoderKL to decode latents, or None when sampling pixels (`--image_space`).
         progress: show a per-timestep progress bar.
+        ghg: carry the cell state between steps (Gene Heredity Guidance, the reference); no effect for a
+            non-cellular model.
 
     Returns:
         (N, 3, H, W) uint8 images on the CPU.
@@ -71,11 +76,19 @@ def sample_images(
         z = torch.cat([z, z], 0)
         kwargs = {"y": torch.cat([labels, torch.zeros_like(labels)], 0), "cfg_scale": cfg_scale}
         fn = model.forward_with_cfg
-    if getattr(model, "is_cellular", False):
+    if ghg and getattr(model, "is_cellular", False):
         kwargs["extras"] = model.seed(z, generator=gens)
     loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
     samples = loop(
-        fn, z.shape, noise=z, clip_denoised=False, model_kwargs=kwargs, device=device, progress=progress, generator=gens
+        fn,
+        z.shape,
+        noise=z,
+        clip_denoised=False,
+        model_kwargs=kwargs,
+        device=device,
+        progress=progress,
+        generator=gens,
+        inherit_state=ghg,
     )
     samples = samples[:n]
     if vae is not None:
@@ -120,8 +133,11 @@ def run_synthesis(
     sampler: str,
     vae=None,
     logger=None,
+    ghg: bool = True,
 ) -> dict:
     """Generate this rank's missing images, then (rank 0) write the CSV, the label array and a sample grid.
+
+    `ghg` as in `sample_images`.
 
     Returns:
         Summary with `images` (written in this run, all ranks), `total`, `seconds`, `images_per_sec`, `csv`.
@@ -144,6 +160,7 @@ def run_synthesis(
             cfg_scale=cfg_scale,
             sampler=sampler,
             vae=vae,
+            ghg=ghg,
         )
         for i, img in zip(idx, images):
             atomic_save_png(job.png(i), img.permute(1, 2, 0).numpy())
