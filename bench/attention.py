@@ -12,38 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from bench.timing import Row, format_time, paired_ratio, time_interleaved
-from models.cellular import NEIGHBOUR_OFFSETS, flex_grid_local_attention, grid_local_attention
+from models.cellular import (
+    NEIGHBOUR_OFFSETS,
+    flex_grid_local_attention,
+    grid_local_attention,
+    impulse_local_attention,
+)
 
 AttentionFn = Callable[[torch.Tensor, int, int, int, float], torch.Tensor]
 
 
-def impulse_filters(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(9, 1, 3, 3) one-hot kernels, kernel k with its 1 at (k // 3, k % 3): the reference's `neighbourhood_filters`."""
-    filters = torch.zeros(9, 1, 3, 3, device=device, dtype=dtype)
-    for k in range(9):
-        filters[k, 0, k // 3, k % 3] = 1.0
-    return filters
-
-
-def impulse_gather(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The reference's `LocalizeAttention` (SPEC A 6): zero-padded 3x3 neighbours by convolution with impulses.
-
-    Args:
-        x: (N, heads, H*W, d).
-        height: grid height H.
-        width: grid width W.
-
-    Returns:
-        (N, heads, H*W, 9, d): entry k of a cell is its neighbour at offset (k // 3 - 1, k % 3 - 1), 0 outside.
-    """
-    n, heads, tokens, dim = x.shape
-    grid = x.permute(0, 1, 3, 2).reshape(n * heads * dim, 1, height, width)  # (N*heads*d, 1, H, W)
-    gathered = F.conv2d(grid, impulse_filters(x.device, x.dtype), padding=1)  # (N*heads*d, 9, H, W)
-    return gathered.view(n, heads, dim, 9, tokens).permute(0, 1, 4, 3, 2)  # (N, heads, T, 9, d)
-
-
 def impulse_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
-    """Reimplementation of the reference's local attention: impulse gather of k and v, then 1 x 9 attention.
+    """The reference's local attention (impulse gather, then 1 x 9 attention), `impulse_local_attention`.
 
     Args:
         qkv: (N, T, 3 * heads * d) output of the qkv projection.
@@ -56,11 +36,8 @@ def impulse_attention(qkv: torch.Tensor, height: int, width: int, heads: int, sc
         (N, T, heads * d).
     """
     n, tokens, _ = qkv.shape
-    q, k, v = (t.reshape(n, tokens, heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # (N, heads, T, d)
-    keys, values = impulse_gather(k, height, width), impulse_gather(v, height, width)  # (N, heads, T, 9, d)
-    logits = (q.unsqueeze(-2) @ keys.transpose(-1, -2)) * scale  # (N, heads, T, 1, 9)
-    out = (logits.softmax(dim=-1) @ values).squeeze(-2)  # (N, heads, T, d)
-    return out.transpose(1, 2).reshape(n, tokens, -1)
+    out = impulse_local_attention(qkv.view(n, height, width, 3, heads, -1), scale)  # (N, H, W, heads, d)
+    return out.reshape(n, tokens, -1)
 
 
 def autograd_slices_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:

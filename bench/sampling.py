@@ -7,9 +7,7 @@ GeCA-S takes many minutes per image on a CPU, so a run may use fewer respaced st
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +15,9 @@ import torch
 from bench.timing import Row, synchronize
 from diffusion import create_diffusion
 from infra import rng
+from infra.host_syncs import count_host_syncs
 from models import DiT_models
 from synthesis.generate import sample_images
-
-# Tensor methods that copy a value to the host (and on CUDA wait for the device).
-HOST_SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__float__", "__index__")
 
 
 @dataclass
@@ -33,34 +29,6 @@ class SamplingSpec:
     steps: int
     side: int = 32
     cfg_scale: float = 1.5
-
-
-@contextlib.contextmanager
-def count_host_syncs() -> Iterator[dict[str, int]]:
-    """Count calls of `HOST_SYNC_METHODS` on tensors made from Python inside the block.
-
-    Yields:
-        A dict method name -> calls, filled while the block runs.
-    """
-    counts = {name: 0 for name in HOST_SYNC_METHODS}
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_SYNC_METHODS}
-
-    def counting(name: str):
-        original = originals[name]
-
-        def wrapper(self, *args, **kwargs):
-            counts[name] += 1
-            return original(self, *args, **kwargs)
-
-        return wrapper
-
-    try:
-        for name in HOST_SYNC_METHODS:
-            setattr(torch.Tensor, name, counting(name))
-        yield counts
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
 
 
 def host_syncs_per_step(device: torch.device, steps: int = 3) -> int:

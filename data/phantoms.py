@@ -117,28 +117,17 @@ def _ellipses(
     return (d <= 1.0).any(axis=0)
 
 
-def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.ndarray:
-    """One OCT-like B-scan.
-
-    The seed is split into independent streams for the anatomy, the speckle and each label, so switching one label
-    on changes only that label's structure.
+def _oct_anatomy(base: np.random.Generator, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A healthy retina: per-column layer thicknesses and reflectivities, curved and tilted, with a foveal pit.
 
     Args:
-        labels: (11,) 0/1 in OCT_LABELS order.
-        size: image side S in pixels.
-        seed: the image's seed sequence.
+        base: the anatomy stream (also drawn from later for the choroid texture).
+        u: (W,) column positions in [0, 1].
 
     Returns:
-        (S, S, 3) uint8 grey image.
+        thick (L, W) layer thicknesses in pixels, refl (L, W) reflectivities, anchor (W,) row of ELM's top.
     """
-    base, speckle, *per_label = _streams(seed, 2 + len(OCT_LABELS))
-    lesion = dict(zip(OCT_LABELS, per_label))
-    on = {name: bool(labels[k]) for k, name in enumerate(OCT_LABELS)}
-    S = size
-    u = (np.arange(S) + 0.5) / S  # (W,) column position in [0, 1]
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
-
-    # Anatomy: a curved, tilted retina with a foveal pit.
+    S = len(u)
     thick = np.array([t for _, t, _ in _LAYERS])[:, None] * S * np.ones((1, S))  # (L, W) pixels
     thick *= base.uniform(0.9, 1.1, size=(len(_LAYERS), 1))
     x0, fovea = base.uniform(0.4, 0.6), base.uniform(0.42, 0.58)
@@ -152,8 +141,22 @@ def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.
     thick[_L["RNFL"]] *= 1.0 + 0.5 * np.clip(u - fovea, 0, None)  # thicker towards the optic nerve side
     thick[_L["ONL"]] *= 1.0 + 0.35 * pit
     refl = np.array([r for _, _, r in _LAYERS])[:, None] * np.ones((1, S))  # (L, W)
+    return thick, refl, anchor
 
-    # Lesions that change thickness or reflectivity of whole layers.
+
+def _oct_layer_lesions(
+    thick: np.ndarray, refl: np.ndarray, on: dict[str, bool], lesion: dict[str, np.random.Generator], u: np.ndarray
+) -> None:
+    """Lesions that change the thickness or reflectivity of whole layers (DR, RVO, wet AMD, CNV), in place.
+
+    Args:
+        thick: (L, W) layer thicknesses in pixels, modified.
+        refl: (L, W) layer reflectivities, modified.
+        on: which labels are present.
+        lesion: each label's stream.
+        u: (W,) column positions in [0, 1].
+    """
+    S = len(u)
     if on["DR"]:  # diabetic retinopathy: slightly thickened inner retina
         thick[_L["GCL"] : _L["OPL"] + 1] *= lesion["DR"].uniform(1.2, 1.35)
     if on["RVO"]:  # vein occlusion: diffuse, sectoral oedema (thick, hyporeflective inner retina)
@@ -175,10 +178,32 @@ def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.
     if on["CNV"]:  # choroidal neovascularisation thickens the outer retina around the lesion
         thick[_L["OS"]] *= 1 + 0.8 * _bump(u, 0.5, 0.25)
 
-    # Boundary curves: B[j] is the top of layer j, B[L] the bottom of the choroid; ELM's top follows the anchor.
+
+def _oct_boundaries(
+    thick: np.ndarray,
+    anchor: np.ndarray,
+    on: dict[str, bool],
+    lesion: dict[str, np.random.Generator],
+    u: np.ndarray,
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, float]]]:
+    """Layer boundary curves, raised over the sub-retinal lesions (drusen, PED, CSC) that lift them.
+
+    Args:
+        thick: (L, W) layer thicknesses in pixels.
+        anchor: (W,) row of ELM's top.
+        on: which labels are present.
+        lesion: each label's stream.
+        u: (W,) column positions in [0, 1].
+
+    Returns:
+        bounds (L+1, W): B[j] is the top of layer j, B[L] the bottom of the choroid; and the bands painted over the
+        layers where a lift left a gap, as (top (W,), bottom (W,), value).
+    """
+    S = len(u)
+    # ELM's top follows the anchor.
     bounds = np.concatenate([np.zeros((1, S)), np.cumsum(thick, axis=0)])
     bounds += anchor - bounds[_L["ELM"]]
-    fills: list[tuple[np.ndarray, np.ndarray, float]] = []  # bands painted over the layers: (top, bottom, value)
+    fills: list[tuple[np.ndarray, np.ndarray, float]] = []
 
     def lift(boundary: int, height: np.ndarray, value: float) -> None:
         """Raise everything above `boundary` by `height` (pixels, (W,)) and fill the gap left below it."""
@@ -199,8 +224,29 @@ def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.
     if on["CSC"]:  # central serous chorioretinopathy: neurosensory retina lifted off the RPE by dark fluid
         r = lesion["CSC"]
         lift(_L["RPE"], r.uniform(0.05, 0.08) * S * _bump(u, r.uniform(0.4, 0.6), r.uniform(0.12, 0.18), 0.5), 0.03)
+    return bounds, fills
 
-    # Render the layers: index 0 is the vitreous, 1..L the layers, L+1 the sclera.
+
+def _oct_render_layers(
+    bounds: np.ndarray,
+    refl: np.ndarray,
+    fills: list[tuple[np.ndarray, np.ndarray, float]],
+    base: np.random.Generator,
+    yy: np.ndarray,
+) -> np.ndarray:
+    """Paint the layers (index 0 the vitreous, 1..L the layers, L+1 the sclera), the choroid texture and the fills.
+
+    Args:
+        bounds: (L+1, W) layer boundaries.
+        refl: (L, W) layer reflectivities.
+        fills: bands painted over the layers, as returned by `_oct_boundaries`.
+        base: the anatomy stream (its draws continue those of `_oct_anatomy`).
+        yy: (H, W) row of each pixel centre.
+
+    Returns:
+        (H, W) float image.
+    """
+    S = yy.shape[1]
     layer_index = (yy[None] >= bounds[:, None, :]).sum(axis=0)  # (H, W) in 0..L+1
     values = np.concatenate([np.full((1, S), _VITREOUS), refl, np.full((1, S), _SCLERA)])  # (L+2, W)
     img = np.take_along_axis(values, layer_index, axis=0)
@@ -209,8 +255,33 @@ def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.
     img = np.where(choroid, img * (1 + 1.2 * texture), img)
     for top, bottom, value in fills:
         img = np.where((yy >= top[None]) & (yy < bottom[None]), value, img)
+    return img
 
-    # Lesions painted on top of the layers.
+
+def _oct_paint_lesions(
+    img: np.ndarray,
+    bounds: np.ndarray,
+    on: dict[str, bool],
+    lesion: dict[str, np.random.Generator],
+    u: np.ndarray,
+    yy: np.ndarray,
+    xx: np.ndarray,
+) -> np.ndarray:
+    """Lesions painted on top of the rendered layers (fluid, foci, exudates, CNV, subretinal material, membrane).
+
+    Args:
+        img: (H, W) rendered layers.
+        bounds: (L+1, W) layer boundaries.
+        on: which labels are present.
+        lesion: each label's stream (DR and wet AMD continue the draws of `_oct_layer_lesions`).
+        u: (W,) column positions in [0, 1].
+        yy: (H, W) row of each pixel centre.
+        xx: (H, W) column of each pixel centre.
+
+    Returns:
+        (H, W) float image.
+    """
+    S = len(u)
     inner_mid = 0.5 * (bounds[_L["INL"]] + bounds[_L["OPL"] + 1])  # (W,) middle of INL..OPL
     if on["FLD"]:  # intraretinal fluid: dark cystoid pockets in the inner/outer nuclear layers
         r = lesion["FLD"]
@@ -266,14 +337,57 @@ def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.
         inside = (u >= start) & (u <= stop)
         band = (yy >= line[None] - max(0.012 * S, 0.6)) & (yy < line[None] + max(0.012 * S, 0.6)) & inside[None]
         img = np.where(band, 0.98, img)
+    return img
 
-    # Acquisition: slight blur, depth attenuation, multiplicative speckle, additive noise, log-like compression.
+
+def _oct_acquire(img: np.ndarray, surface: np.ndarray, speckle: np.random.Generator, yy: np.ndarray) -> np.ndarray:
+    """The scanner: slight blur, depth attenuation, multiplicative speckle, additive noise, log-like compression.
+
+    Args:
+        img: (H, W) float image of the scene.
+        surface: (W,) row of the retinal surface; the signal attenuates with depth below it.
+        speckle: the speckle stream.
+        yy: (H, W) row of each pixel centre.
+
+    Returns:
+        (H, W) uint8 image.
+    """
+    S = img.shape[0]
     img = gaussian_filter(img, sigma=max(S / 200, 0.4))
-    img *= np.exp(-0.6 * np.clip(yy - bounds[0][None], 0, None) / S)
+    img *= np.exp(-0.6 * np.clip(yy - surface[None], 0, None) / S)
     grain = gaussian_filter(speckle.gamma(5.0, 1 / 5.0, size=(S, S)), sigma=max(S / 200, 0.45))
     img = img * grain / grain.mean() + speckle.normal(0.0, 0.012, size=(S, S))
     img = np.clip(img, 0.0, 1.0) ** 0.8
-    grey = (img * 255.0 + 0.5).astype(np.uint8)
+    return (img * 255.0 + 0.5).astype(np.uint8)
+
+
+def draw_oct(labels: np.ndarray, size: int, seed: np.random.SeedSequence) -> np.ndarray:
+    """One OCT-like B-scan.
+
+    The seed is split into independent streams for the anatomy, the speckle and each label, so switching one label
+    on changes only that label's structure. The steps draw from the anatomy stream in a fixed order (anatomy, then
+    the choroid texture of the rendering), so their order is part of the image.
+
+    Args:
+        labels: (11,) 0/1 in OCT_LABELS order.
+        size: image side S in pixels.
+        seed: the image's seed sequence.
+
+    Returns:
+        (S, S, 3) uint8 grey image.
+    """
+    base, speckle, *per_label = _streams(seed, 2 + len(OCT_LABELS))
+    lesion = dict(zip(OCT_LABELS, per_label))
+    on = {name: bool(labels[k]) for k, name in enumerate(OCT_LABELS)}
+    u = (np.arange(size) + 0.5) / size  # (W,) column position in [0, 1]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5  # (H, W) pixel centres
+
+    thick, refl, anchor = _oct_anatomy(base, u)
+    _oct_layer_lesions(thick, refl, on, lesion, u)
+    bounds, fills = _oct_boundaries(thick, anchor, on, lesion, u)
+    img = _oct_render_layers(bounds, refl, fills, base, yy)
+    img = _oct_paint_lesions(img, bounds, on, lesion, u, yy, xx)
+    grey = _oct_acquire(img, bounds[0], speckle, yy)
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 

@@ -1,10 +1,11 @@
 """The Gaussian diffusion process: forward noising, the learned reverse process, its losses and samplers.
 
-Structure after IDDPM/DiT (Nichol & Dhariwal 2021) with the GeCA changes of the reference (SPEC A 5.4):
-cellular models get a fresh seed state in training, and the samplers thread the cell state a model returns
-(`extras`) into the next reverse step (Gene Heredity Guidance). DDIM threads it too, which the reference did not.
-With `inherit_state=False` the samplers thread nothing and a cellular model grows every step from a fresh seed, as
-in training (the fresh-seed ablation of GHG, docs/DECISIONS.md §C7).
+Structure after IDDPM/DiT (Nichol & Dhariwal 2021) with the GeCA changes of the reference (docs/REFERENCE.md §5.4): in
+training a model that carries a state starts from the initial state it gives for the batch and maps its raw output
+to the prediction the loss reads (the `Denoiser` protocol; this module knows no cell layout), and the samplers thread
+the state a model returns (`extras`) into the next reverse step (Gene Heredity Guidance). DDIM threads it too, which
+the reference did not. With `inherit_state=False` the samplers thread nothing and a stateful model starts every step
+afresh, as in training (the fresh-seed ablation of GHG, docs/DECISIONS.md §C7).
 
 Conventions: `t` always indexes this object's own (possibly respaced) timesteps; the model sees whatever the
 wrapper of `_wrap_model` gives it (the original timesteps for `SpacedDiffusion`). Tables are float64 and cast to
@@ -18,7 +19,7 @@ import enum
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -31,6 +32,31 @@ from infra import rng
 from infra.distributed import unwrap_model
 
 ModelFn = Callable[..., Any]
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """What `GaussianDiffusion.training_losses` asks of a network besides calling it (docs/REFERENCE.md §5.4.1).
+
+    Every registry model answers: DiT and the UNet trivially (no state; the output is already the prediction), GeCA
+    with its seed cell and the channels of its cell state that hold the prediction. A plain callable that does not
+    implement it is treated as the trivial answer.
+    """
+
+    def initial_extras(self, x: torch.Tensor, generator: rng.Generator = None) -> torch.Tensor | None:
+        """The `extras` a denoising call on `x` ((N, C, H, W)) starts from, or None for a model without state."""
+
+    def training_prediction(self, output: torch.Tensor, channels: int) -> torch.Tensor:
+        """The prediction in a train-mode `forward` output: `channels` channels (eps or x_0, then v) first.
+
+        Args:
+            output: what `forward` returned in train mode, (N, C_out, H, W).
+            channels: prediction channels the loss reads (2C with a learned variance, else C).
+
+        Returns:
+            (N, channels, H, W), or the output unchanged when it already is the prediction (the loss then checks
+            its channel count).
+        """
 
 
 class ModelMeanType(enum.Enum):
@@ -393,9 +419,9 @@ class GaussianDiffusion:
 
         When the model returns (output, extras), `model_kwargs["extras"]` of the next step is that cell state,
         so a cellular model inherits its genes across reverse steps (GHG); the initial extras come from the
-        caller (e.g. `model.seed(z)`). With `inherit_state=False` no extras are passed at any step: a cellular
-        model then starts every step from a fresh seed cell drawn from `generator` (output and hidden channels),
-        exactly as in training.
+        caller (e.g. `model.initial_extras(z)`). With `inherit_state=False` no extras are passed at any step: a
+        cellular model then starts every step from a fresh seed cell drawn from `generator` (output and hidden
+        channels), exactly as in training.
 
         Args:
             model: `model.forward` or `model.forward_with_cfg` (or any callable with that signature).
@@ -566,9 +592,11 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """Per-sample training loss at timesteps t.
 
-        A cellular model (`unwrap_model(model).is_cellular`) gets `extras = seed(x_t)`, a fresh seed per sample
-        with hidden channels 0 (SPEC A 5.4.1), returns its full cell state in train mode, and the loss reads its
-        output channels [C, 3C). Other models' outputs are used as they are.
+        The model (looked up through DDP/compile wrappers) answers the `Denoiser` protocol: its
+        `initial_extras(x_t)` is passed as `extras` when not None (GeCA: a fresh seed cell per sample, hidden
+        channels 0, docs/REFERENCE.md §5.4.1), and `training_prediction` picks the prediction out of its raw
+        output (GeCA: the output channels of its full cell state). A callable without the protocol gets no extras
+        and its output is the prediction.
 
         With a learned variance the loss is MSE + VB, where VB sees the eps channels detached, so it trains only
         the variance channels (IDDPM L_hybrid).
@@ -592,11 +620,13 @@ class GaussianDiffusion:
             noise = rng.randn(x_start.shape, generator, x_start.device, x_start.dtype)
         x_t = self.q_sample(x_start, t, noise)
 
-        # Look through DDP/compile before the respacing wrapper hides the model's attributes.
-        bare = unwrap_model(model) if isinstance(model, nn.Module) else None
-        cellular = bool(getattr(bare, "is_cellular", False))
-        if cellular:
-            kwargs["extras"] = bare.seed(x_t, generator=generator)
+        # Look through DDP/compile before the respacing wrapper hides the model's methods.
+        bare = unwrap_model(model) if isinstance(model, nn.Module) else model
+        denoiser = bare if isinstance(bare, Denoiser) else None
+        # The initial state is drawn before the model call so that it comes first from `generator`.
+        extras = None if denoiser is None else denoiser.initial_extras(x_t, generator=generator)
+        if extras is not None:
+            kwargs["extras"] = extras
         if generator is not None:
             kwargs["generator"] = generator
         output = self._wrap_model(model)(x_t, t, **kwargs)
@@ -604,9 +634,8 @@ class GaussianDiffusion:
         channels = x_start.shape[1]
         learned = self.model_var_type is ModelVarType.LEARNED_RANGE
         out_channels = 2 * channels if learned else channels
-        if cellular:
-            # Cell state layout (SPEC A 4.2): input [0, C), output [C, 3C) = eps-hat then v, hidden after.
-            output = output[:, channels : channels + out_channels]
+        if denoiser is not None:
+            output = denoiser.training_prediction(output, out_channels)
         if output.shape[1] != out_channels:
             raise ValueError(f"model output has {output.shape[1]} channels, expected {out_channels}")
 

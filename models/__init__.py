@@ -3,7 +3,9 @@
 `DiT_models` (the reference's name) maps every model key to a constructor that fixes only size hyper-parameters:
 `DiT_models[key](input_size=L, num_classes=K, in_channels=C, **options)`. Keys: DiT-{S,B,L,XL}/{2,4,8}, GeCA-S,
 GeCA-XS, LDM-B, and the tiny CPU test entries GeCA-T, DiT-T/2, LDM-T (not paper configurations). Whether a model is a
-cellular automaton (needs a seeded cell grid) is its class attribute `is_cellular`.
+cellular automaton (needs a seeded cell grid) is its class attribute `is_cellular`; what the training loss needs to
+know about a model's state and output layout, each model answers itself (`initial_extras`, `training_prediction`: the
+`Denoiser` protocol of `diffusion.gaussian_diffusion`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 All functions are pure: they take tensors (or a batch size and a grid size) plus numbers and return tensors. Random
 draws go through `infra.rng`, so a list of per-sample generators makes each sample's draws independent of the batch
 it is in.
+
+The local attention comes in three implementations of one computation: `grid_local_attention` (the one GeCA runs
+everywhere), `flex_grid_local_attention` (fused on CUDA) and `impulse_local_attention`, the readable reference that
+gathers neighbours as the reference code does (docs/REFERENCE.md §6); tests and `python -m bench` check the fast ones
+against it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from infra import rng
 
@@ -236,6 +242,67 @@ def local_attention(
     qkv = qkv.permute(0, 3, 2, 1, 4).reshape(n, height, width, 3, heads, dim)  # (N, H, W, 3, heads, d)
     out = grid_local_attention(qkv, scale)  # (N, H, W, heads, d)
     return out.reshape(n, tokens, heads, dim).transpose(1, 2)  # (N, heads, T, d)
+
+
+def impulse_filters(device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """The 9 one-hot 3x3 kernels of the reference's neighbour gather, kernel k with its 1 at (k // 3, k % 3).
+
+    Args:
+        device: device of the result.
+        dtype: dtype of the result.
+
+    Returns:
+        (9, 1, 3, 3) kernels, in the row-major order of `NEIGHBOUR_OFFSETS`.
+    """
+    filters = torch.zeros(9, 1, 3, 3, device=device, dtype=dtype)
+    for k in range(9):
+        filters[k, 0, k // 3, k % 3] = 1.0
+    return filters
+
+
+def impulse_gather(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Each cell's 3x3 neighbours, zero outside the grid, by convolution with impulse kernels (docs/REFERENCE.md §6).
+
+    This is how the reference's `LocalizeAttention` gathers: every channel becomes a one-channel image, convolved
+    with zero padding by the 9 kernels of `impulse_filters`. It materialises 9 copies of its input.
+
+    Args:
+        x: (N, heads, H*W, d) tokens in raster order.
+        height: grid height H.
+        width: grid width W.
+
+    Returns:
+        (N, heads, H*W, 9, d): entry k of a cell is its neighbour at offset `NEIGHBOUR_OFFSETS[k]`, 0 outside.
+    """
+    n, heads, tokens, dim = x.shape
+    grid = x.permute(0, 1, 3, 2).reshape(n * heads * dim, 1, height, width)  # (N*heads*d, 1, H, W)
+    gathered = F.conv2d(grid, impulse_filters(x.device, x.dtype), padding=1)  # (N*heads*d, 9, H, W)
+    return gathered.view(n, heads, dim, 9, tokens).permute(0, 1, 4, 3, 2)  # (N, heads, T, 9, d)
+
+
+def impulse_local_attention(qkv: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Reference implementation of the 3x3 local attention: gather the neighbours, then attend over the 9 of them.
+
+    The computation of the reference (docs/REFERENCE.md §4.5.5, §6), written for reading and for checking the fast
+    implementations, not for speed: keys and values are gathered with `impulse_gather` (zero vectors outside the
+    grid, which take part in the softmax with logit 0) and each query attends to its 9 gathered keys. Same layout
+    and result as `grid_local_attention` up to float rounding; autograd gives its backward.
+
+    Args:
+        qkv: (N, H, W, 3, heads, d) queries | keys | values.
+        scale: logit scale; d ** -0.5 when None.
+
+    Returns:
+        (N, H, W, heads, d) attention output.
+    """
+    n, height, width, _, heads, dim = qkv.shape
+    scale = dim**-0.5 if scale is None else scale
+    tokens = height * width
+    q, k, v = (t.reshape(n, tokens, heads, dim).transpose(1, 2) for t in qkv.unbind(3))  # (N, heads, T, d)
+    keys, values = impulse_gather(k, height, width), impulse_gather(v, height, width)  # (N, heads, T, 9, d)
+    logits = (q.unsqueeze(-2) @ keys.transpose(-1, -2)) * scale  # (N, heads, T, 1, 9)
+    out = (logits.softmax(dim=-1) @ values).squeeze(-2)  # (N, heads, T, d)
+    return out.transpose(1, 2).reshape(n, height, width, heads, dim)
 
 
 def sinusoidal_table_1d(

@@ -80,12 +80,22 @@ def guidance_combine(model_out: torch.Tensor, cfg_scale: float, guided_channels:
 
 
 class GuidedDenoiser:
-    """Classifier-free guidance for denoisers whose `forward` returns one tensor (DiT, LDM-B).
+    """Denoisers whose `forward` returns one tensor and carry no state (DiT, LDM-B).
 
-    A mixin for `nn.Module` subclasses with an `in_channels` attribute; GeCA has its own version (GHG).
+    A mixin for `nn.Module` subclasses with an `in_channels` attribute: classifier-free guidance, and the trivial
+    answers to the diffusion loss's `Denoiser` protocol (no initial state, the output is the prediction). GeCA has
+    its own versions (GHG, its seed cell and cell-state layout).
     """
 
     in_channels: int
+
+    def initial_extras(self, x: torch.Tensor, generator: rng.Generator = None) -> None:
+        """No state to start from: `extras` stays unset (the diffusion loss's protocol)."""
+        return None
+
+    def training_prediction(self, output: torch.Tensor, channels: int) -> torch.Tensor:
+        """The train-mode output, (N, 2C, H, W), is already the prediction; the loss checks `channels` against it."""
+        return output
 
     def forward_with_cfg(
         self,

@@ -250,6 +250,35 @@ class GeCA(nn.Module):
             x.shape[0], self.out_channels, self.update_channels, height, width, generator, x.device, x.dtype
         )
 
+    def initial_extras(self, x: torch.Tensor, generator: rng.Generator = None) -> torch.Tensor:
+        """The state a denoising call on `x` starts from: a fresh `seed` on x's grid (the diffusion loss's protocol).
+
+        Training starts every forward from it (docs/REFERENCE.md §5.4.1), and so does the first step of GHG
+        sampling.
+
+        Args:
+            x: (N, C, H, W) noisy latent.
+            generator: random stream(s) for the centre cells, see `infra.rng`.
+
+        Returns:
+            (N, 2C + h, H, W) seed, hidden channels 0.
+        """
+        return self.seed(x, generator=generator)
+
+    def training_prediction(self, output: torch.Tensor, channels: int) -> torch.Tensor:
+        """The prediction inside the full cell state that `forward` returns in train mode (the loss's protocol).
+
+        Cell state layout (docs/REFERENCE.md §4.2): input [0, C), output [C, 3C) = eps-hat then v, hidden after.
+
+        Args:
+            output: (N, C + 2C + h, H, W) train-mode state.
+            channels: leading output channels the loss reads (2C with a learned variance, C without).
+
+        Returns:
+            (N, channels, H, W), a view of `output`.
+        """
+        return output[:, self.in_channels : self.in_channels + channels]
+
     def _steps(
         self,
         cells: torch.Tensor,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,6 +76,18 @@ def test_oct_layers_and_background():
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
     assert (img[..., 0] == img[..., 1]).all()  # grey B-scan
     assert img[:8].mean() < 40 < img[28:40].mean()  # dark vitreous above bright retina
+
+
+def test_oct_bytes_match_the_snapshot_taken_before_draw_oct_was_split():
+    # Regression snapshot (issue 14): SHA-256 of these 24 images, recorded with the single-function draw_oct before it
+    # was split into its section helpers (numpy 2 / scipy on x86-64). Every label alone plus all labels together, at
+    # two sizes, so every branch and both streams are covered; a byte changes -> the hash changes.
+    vectors = [*np.eye(len(OCT_LABELS), dtype=np.int64), np.ones(len(OCT_LABELS), dtype=np.int64)]
+    digest = hashlib.sha256()
+    for size in (16, 48):
+        for i, labels in enumerate(vectors):
+            digest.update(draw_oct(labels, size, image_seed(5, i)).tobytes())
+    assert digest.hexdigest() == "3305b77460939805a8009efaf0b7949dea66f8a678853bb2ce64bf22f698031a"
 
 
 def test_fundus_lesions_grow_with_grade():

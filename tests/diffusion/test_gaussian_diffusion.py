@@ -174,9 +174,11 @@ def test_training_noise_from_generator() -> None:
 
 
 class _TinyCellular(nn.Module):
-    """Stand-in cellular model: state (input C | output 2C | hidden), one 1x1 update, records its calls."""
+    """Stand-in cellular model: state (input C | output 2C | hidden), one 1x1 update, records its calls.
 
-    is_cellular = True
+    It answers the loss's `Denoiser` protocol as GeCA does: a seed cell as initial extras, the prediction read from
+    the output channels [C, 3C) of its full train-mode state.
+    """
 
     def __init__(self, hidden: int = 3) -> None:
         super().__init__()
@@ -185,12 +187,15 @@ class _TinyCellular(nn.Module):
         self.seeds: list[torch.Tensor] = []
         self.calls: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
 
-    def seed(self, x: torch.Tensor, size=None, generator=None) -> torch.Tensor:
+    def initial_extras(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         n, _, h, w = x.shape
         state = torch.zeros(n, 2 * C + self.hidden, h, w, dtype=x.dtype)
         state[:, : 2 * C, h // 2, w // 2] = rng.randn((n, 2 * C), generator, x.device, x.dtype)
         self.seeds.append(state)
         return state
+
+    def training_prediction(self, output: torch.Tensor, channels: int) -> torch.Tensor:
+        return output[:, C : C + channels]
 
     def forward(self, x, t, y=None, extras=None, generator=None):
         self.calls.append((x, t, {"extras": extras, "generator": generator}))

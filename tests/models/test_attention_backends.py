@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import models.geca
-from bench.attention import impulse_attention
 from infra import rng
 from models import DiT_models
-from models.cellular import flex_grid_local_attention, grid_local_attention
+from models.cellular import flex_grid_local_attention, grid_local_attention, impulse_local_attention
 from models.geca import LocalAttention
 
 GRIDS = [(4, 4), (3, 5), (6, 2), (1, 1), (1, 4), (5, 1)]
@@ -23,19 +22,12 @@ def packed(n: int, height: int, width: int, heads: int, dim: int, generator, dty
     return torch.randn(n, height, width, 3, heads, dim, generator=generator, dtype=dtype)
 
 
-def reference(qkv: torch.Tensor, scale: float) -> torch.Tensor:
-    """The reference's impulse-convolution gather (SPEC A 6): (N, H, W, 3, heads, d) -> (N, H, W, heads, d)."""
-    n, height, width, _, heads, dim = qkv.shape
-    out = impulse_attention(qkv.reshape(n, height * width, -1), height, width, heads, scale)
-    return out.reshape(n, height, width, heads, dim)
-
-
 @pytest.mark.parametrize("height,width", GRIDS)
 def test_grid_attention_equals_impulse_reference_forward_and_backward(generator, height, width):
     qkv = packed(2, height, width, 3, 8, generator)
     grad_out = torch.randn(2, height, width, 3, 8, generator=generator)
     results = []
-    for fn in (lambda t: grid_local_attention(t, 0.4), lambda t: reference(t, 0.4)):
+    for fn in (lambda t: grid_local_attention(t, 0.4), lambda t: impulse_local_attention(t, 0.4)):
         leaf = qkv.clone().requires_grad_(True)
         out = fn(leaf)
         out.backward(grad_out)
@@ -55,7 +47,7 @@ def test_grid_attention_strided_input_and_reduced_precision(generator):
     # Any strides are accepted; bf16 inputs (autocast) keep their dtype, the softmax runs in float32.
     qkv = torch.randn(2, 3, 4, 3, 2, 16, generator=generator)[..., ::2]
     out = grid_local_attention(qkv)
-    torch.testing.assert_close(out, reference(qkv.contiguous(), 8**-0.5), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out, impulse_local_attention(qkv.contiguous(), 8**-0.5), rtol=0, atol=1e-5)
     low = grid_local_attention(qkv.bfloat16())
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), out, rtol=0.05, atol=0.05)  # bf16 has an 8-bit mantissa

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from infra import rng
-from models.cellular import local_attention, seed_cells, sinusoidal_table_1d, update_masks
+from models.cellular import (
+    NEIGHBOUR_OFFSETS,
+    impulse_gather,
+    impulse_local_attention,
+    local_attention,
+    seed_cells,
+    sinusoidal_table_1d,
+    update_masks,
+)
 
 
 def naive_local_attention(q, k, v, height, width, scale):
@@ -39,6 +47,28 @@ def test_local_attention_matches_per_cell_loop(generator, height, width):
     expected = naive_local_attention(q, k, v, height, width, 8**-0.5)
     got = local_attention(q, k, v, height, width)
     assert (got - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("height,width", [(3, 4), (1, 1), (2, 5)])
+def test_impulse_reference_attention_matches_per_cell_loop(generator, height, width):
+    # The readable reference the fast implementations are checked against is itself checked against the loop.
+    qkv = torch.randn(2, height, width, 3, 2, 4, generator=generator)
+    q, k, v = (t.reshape(2, height * width, 2, 4).transpose(1, 2) for t in qkv.unbind(3))  # (N, heads, T, d)
+    expected = naive_local_attention(q, k, v, height, width, 0.7)  # (N, heads, T, d)
+    got = impulse_local_attention(qkv, 0.7)  # (N, H, W, heads, d)
+    torch.testing.assert_close(got, expected.transpose(1, 2).reshape(2, height, width, 2, 4), rtol=0, atol=1e-5)
+
+
+def test_impulse_gather_entry_k_is_the_neighbour_at_offset_k():
+    height, width = 3, 4
+    x = torch.arange(1.0, height * width + 1).view(1, 1, height * width, 1)  # token value = its index + 1
+    gathered = impulse_gather(x, height, width)[0, 0, :, :, 0]  # (T, 9)
+    for row in range(height):
+        for col in range(width):
+            for slot, (dr, dc) in enumerate(NEIGHBOUR_OFFSETS):
+                r, c = row + dr, col + dc
+                expected = r * width + c + 1.0 if 0 <= r < height and 0 <= c < width else 0.0
+                assert gathered[row * width + col, slot].item() == expected
 
 
 def test_local_attention_zero_padding_takes_part_in_softmax():
