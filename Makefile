@@ -5,8 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 QUICK ?= 0
+# Idle OpenMP threads sleep instead of spinning: on a machine whose other cores are busy, spinning threads slowed a
+# GeCA-T training run from 8.8 to 0.08 steps/s (README, performance). A value set by the user wins.
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -26,6 +30,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# One CUDA GPU, under 8 minutes: every GPU figure in gpu_check/REPORT.md (docs/PERFORMANCE.md, "GPU check"); without a
+# GPU, one line and exit 0. GPU_PY=python3: that interpreter as it is, no venv (a GPU machine whose python has torch
+# but no network to install into the venv). GPU_CHECK_ARGS: more flags, e.g. --dry (the CPU dry run) or --resume.
+gpu-check: $(if $(GPU_PY),,$(STAMP))
+	@HF_HUB_OFFLINE=1 $(or $(GPU_PY),$(PY)) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

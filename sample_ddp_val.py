@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from synthesis.cli import add_sampling_args, check_sampling_args, repeat_labels
+from synthesis.cli import add_sampling_args, parse_sampling_args, repeat_labels
 from synthesis.script import run_sampling_script
 
 
@@ -47,10 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = build_parser()
-    args = p.parse_args(argv)
-    check_sampling_args(p, args)
-    return args
+    """The checked flags; model-shape flags left out come from the checkpoint (`parse_sampling_args`)."""
+    return parse_sampling_args(build_parser(), argv)
 
 
 if __name__ == "__main__":

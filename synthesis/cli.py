@@ -15,6 +15,8 @@ from infra.argtypes import image_size_flag
 from infra.checkpoint import load_checkpoint, model_weights
 from infra.distributed import DistInfo
 from infra.naming import sample_folder_name
+from infra.precision import add_tf32_flag, set_tf32
+from infra.run_args import CheckpointArgsError, fill_from_checkpoint, given_flags
 from models import DiT_models
 
 # `--mixed-precision` choices and their autocast dtypes (None: float32, no autocast).
@@ -40,7 +42,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale (>= 1; 1 = off)")
     p.add_argument("--num-sampling-steps", type=int, default=250, help="respaced diffusion steps")
     p.add_argument("--global-seed", type=int, default=0, help="image i's noise is seeded by (global seed, i)")
-    p.add_argument("--tf32", action="store_true", default=True, help="TF32 matmuls on CUDA (always on, as reference)")
+    add_tf32_flag(p)
     p.add_argument("--ckpt", type=str, default=None, help="checkpoint from train.py (its EMA weights are used)")
     p.add_argument("--fold", type=int, default=0, help="fold number")
     p.add_argument("--expand_ratio", type=int, default=1, help="images per label vector (passes over the labels)")
@@ -50,6 +52,14 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         choices=["ddpm", "ddim"],
         default="ddpm",
         help="ddpm: ancestral sampling (reference); ddim: deterministic, fewer steps, keeps the cell state",
+    )
+    p.add_argument(
+        "--ghg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GeCA: Gene Heredity Guidance, the cell state carried between denoising steps (default, reference); "
+        "--no-ghg starts every step from a fresh seed cell, output and hidden, as in training (folder suffix "
+        "-noghg). No effect on the samples of non-cellular models (DiT, LDM)",
     )
     p.add_argument(
         "--dataset",
@@ -85,6 +95,35 @@ def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error(f"--ckpt {args.ckpt} does not exist")
     if args.expand_ratio < 1 or args.per_proc_batch_size < 1:
         p.error("--expand_ratio and --per-proc-batch-size must be >= 1")
+
+
+def parse_sampling_args(p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check a sampling script's flags, then fill the model-shape flags left out from `--ckpt`.
+
+    `train.py` saves its flags in the checkpoint, so the model key, image size, input channels, number of classes,
+    pixel or latent space, diffusion length and VAE need not be repeated: each one not on the command line is taken
+    from there (also `in_channels` and `diffusion_steps`, which sample_ddp.py has no flag for), and listed in
+    `args.checkpoint_settings` for the run's log. A given flag that contradicts the checkpoint stops here with one
+    line naming both values; a given `--vae` replaces the saved one (noted in `args.checkpoint_overrides`). A
+    checkpoint without saved flags (a bare state dict, a reference checkpoint) leaves the flags as given.
+
+    Args:
+        p: the script's parser.
+        argv: its arguments (None: sys.argv[1:]).
+
+    Returns:
+        The flags with the checkpoint's settings filled in.
+    """
+    args = p.parse_args(argv)
+    check_sampling_args(p, args)
+    checkpoint = load_checkpoint(args.ckpt, expected="--ckpt: a checkpoint of train.py or a state dict")
+    try:
+        args.checkpoint_settings, args.checkpoint_overrides = fill_from_checkpoint(
+            p, args, given_flags(p, argv), checkpoint.get("args"), f"--ckpt {args.ckpt}"
+        )
+    except CheckpointArgsError as err:
+        p.error(str(err))
+    return args
 
 
 def resolve_label_names(args: argparse.Namespace) -> list[str]:
@@ -178,10 +217,12 @@ def configure_model_call(
 
 
 def sampling_setup(args: argparse.Namespace, dist: DistInfo):
-    """Model, respaced diffusion, VAE (None in image space) and the sample folder of a sampling run."""
-    if dist.device.type == "cuda" and args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    """Model, respaced diffusion, VAE (None in image space) and the sample folder of a sampling run.
+
+    The folder's `-noghg` suffix follows `--no-ghg` for every model (see `sample_folder_name`), even where the flag
+    changes nothing.
+    """
+    set_tf32(args.tf32)
     model, latent_shape, diffusion_steps = load_sampling_model(args, dist.device)
     configure_model_call(model, dist.device.type, args.mixed_precision, args.compile)
     spacing = f"ddim{args.num_sampling_steps}" if args.sampler == "ddim" else str(args.num_sampling_steps)
@@ -200,9 +241,9 @@ def sampling_setup(args: argparse.Namespace, dist: DistInfo):
         args.vae,
         args.cfg_scale,
         args.global_seed,
+        sampler=args.sampler,
+        ghg=args.ghg,
     )
-    if args.sampler == "ddim":
-        name += "-ddim"
     return model, diffusion, vae, latent_shape, Path(args.sample_dir) / name
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from data.transforms import to_uint8
 from infra import rng
-from infra.atomic_io import atomic_save_grid, atomic_save_png
+from infra.atomic_io import atomic_save_grid, atomic_save_png, remove_stale_temps
 from infra.distributed import DistInfo, all_gather_objects, barrier
 from synthesis.annotations import write_annotations
 
@@ -144,6 +144,11 @@ def run_synthesis(
     """
     todo = [i for i in range(dist.rank, len(job.labels), dist.world_size) if not job.png(i).exists()]
     if dist.is_main:
+        # Temporary files a killed run left behind: this job's own sub-folder and outputs only (the other sampling
+        # script may be writing in the same sample folder).
+        remove_stale_temps(job.folder / job.subdir)
+        outputs = (job.csv_name, f"{job.subdir}_annotations.npz.npy", f"{job.subdir}_grid.png")
+        remove_stale_temps(job.folder, recursive=False, targets=outputs)
         (job.folder / job.subdir).mkdir(parents=True, exist_ok=True)
     barrier()
     start = time.time()

@@ -14,6 +14,16 @@ from synthesis.cli import resolve_label_names, sampling_setup
 from synthesis.generate import SynthesisJob, run_synthesis
 
 
+def setting_notes(args: argparse.Namespace) -> list[str]:
+    """Log lines naming the settings `parse_sampling_args` took from the checkpoint and the given flags that won."""
+    notes = []
+    if getattr(args, "checkpoint_settings", None):
+        notes.append(f"from the checkpoint: {', '.join(args.checkpoint_settings)}")
+    if getattr(args, "checkpoint_overrides", None):
+        notes.append(f"given, replacing the checkpoint's: {', '.join(args.checkpoint_overrides)}")
+    return notes
+
+
 def run_sampling_script(
     args: argparse.Namespace,
     name: str,
@@ -37,11 +47,17 @@ def run_sampling_script(
     try:
         names = resolve_label_names(args)
         labels = np.stack(list(load_labels()))
+        for line in setting_notes(args):
+            logger.info(line)
         model, diffusion, vae, latent_shape, folder = sampling_setup(args, dist)
+        cellular = getattr(model, "is_cellular", False)
+        heredity = ("GHG" if args.ghg else "fresh seed cell every step") if cellular else "not cellular"
         logger.info(
             f"{len(labels)} images into {folder / subdir} on {dist.device}, {dist.world_size} process(es), "
-            f"cfg {args.cfg_scale}, {args.num_sampling_steps} {args.sampler} steps"
+            f"cfg {args.cfg_scale}, {args.num_sampling_steps} {args.sampler} steps, {heredity}"
         )
+        if not args.ghg and not cellular:
+            logger.info(f"--no-ghg has no effect on {args.model}: it carries no cell state")
         job = SynthesisJob(labels, names, folder, subdir, csv_name)
         return run_synthesis(
             job,
@@ -55,6 +71,7 @@ def run_sampling_script(
             sampler=args.sampler,
             vae=vae,
             logger=logger,
+            ghg=args.ghg,
         )
     finally:
         cleanup_distributed()

@@ -17,7 +17,7 @@ import torch
 
 import sample_ddp
 import sample_ddp_val
-from infra.checkpoint import save_checkpoint
+from infra.checkpoint import load_checkpoint, save_checkpoint
 from models import DiT_models
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
 
@@ -254,9 +254,17 @@ def test_bad_flags_are_rejected(ws, tmp_path, change, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_checkpoint_model_mismatch_and_missing_labels(ws, tmp_path):
+def test_checkpoint_model_mismatch_and_missing_labels(ws, tmp_path, capsys):
     wrong = argv(ws, tmp_path, "GeCA-T", "--data-path", str(ws["features"]))
     wrong[wrong.index("--ckpt") + 1] = str(ws["ckpt"]["DiT-T/2"])
+    with pytest.raises(SystemExit):  # the checkpoint saved --model DiT-T/2: refused before anything is built
+        sample_ddp.parse_args(wrong)
+    assert f"--model GeCA-T contradicts --ckpt {ws['ckpt']['DiT-T/2']}, which was trained with --model DiT-T/2" in (
+        capsys.readouterr().err
+    )
+    bare = tmp_path / "bare.pt"  # weights only: nothing to compare the flags with until the weights are loaded
+    save_checkpoint(bare, load_checkpoint(ws["ckpt"]["DiT-T/2"])["ema"])
+    wrong[wrong.index("--ckpt") + 1] = str(bare)
     with pytest.raises(ValueError, match="does not match --model GeCA-T"):
         sample_ddp.main(sample_ddp.parse_args(wrong))
     with pytest.raises(FileNotFoundError, match="labels_3"):
@@ -288,3 +296,213 @@ def test_sampling_uses_the_checkpoints_diffusion_length(ws, tmp_path):
     flags[flags.index("--num-sampling-steps") + 1] = "60"
     with pytest.raises(ValueError, match="exceeds the 50 diffusion steps"):
         sampling_setup(sample_ddp.parse_args(flags), dist)
+
+
+# ----- Gene Heredity Guidance as an ablation: --ghg (default) / --no-ghg -------------------------------------------
+
+
+def test_ghg_flag_parses_for_both_sampling_scripts_and_train(ws, tmp_path):
+    import train
+
+    for module, data in ((sample_ddp, ws["features"]), (sample_ddp_val, ws["root"])):
+        base = argv(ws, tmp_path, "GeCA-T", "--data-path", str(data))
+        assert module.parse_args(base).ghg is True  # the reference's behaviour is the default
+        assert module.parse_args([*base, "--no-ghg"]).ghg is False
+        assert module.parse_args([*base, "--ghg"]).ghg is True
+    assert train.build_parser().parse_args([]).ghg is True
+    assert train.build_parser().parse_args(["--no-ghg", "--val-mode", "final"]).ghg is False
+
+
+def test_sample_folder_suffixes_leave_the_reference_name_alone():
+    from infra.naming import sample_folder_name
+
+    flags = ("GeCA-S", 0, 250, "ckpts/best_ckpt.pt", 256, "ema", 1.5, 0)
+    reference = "GeCA-S-GS-fold-0-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0"  # the reference README example
+    assert sample_folder_name(*flags) == sample_folder_name(*flags, sampler="ddpm", ghg=True) == reference
+    assert sample_folder_name(*flags, ghg=False) == reference + "-noghg"
+    assert sample_folder_name(*flags, sampler="ddim") == reference + "-ddim"
+    assert sample_folder_name(*flags, sampler="ddim", ghg=False) == reference + "-ddim-noghg"
+    # The suffix follows the flag for every model, so a later command can name the folder from the flags alone.
+    assert sample_folder_name("DiT-S/2", *flags[1:], ghg=False).endswith("-seed-0-noghg")
+
+
+def test_ghg_and_no_ghg_sets_live_side_by_side(ws, tmp_path):
+    base = argv(ws, tmp_path, "GeCA-T", "--data-path", str(ws["features"]), "--cfg-scale", "1.0")
+    sample_ddp.main(sample_ddp.parse_args(base))
+    summary = sample_ddp.main(sample_ddp.parse_args([*base, "--no-ghg"]))
+    assert summary["images"] == len(ws["train_labels"])  # a new set, nothing skipped
+    name = "GeCA-T-GS-fold-0-nstep-4-GeCA-T-size-64-vae-vae-cfg-1.0-seed-0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + "-noghg"]
+    ghg, fresh = png_bytes(tmp_path / name, "gen_samples"), png_bytes(tmp_path / (name + "-noghg"), "gen_samples")
+    assert sorted(ghg) == sorted(fresh) and ghg != fresh
+    csv = [(tmp_path / folder / "train_syn_0.csv").read_text() for folder in (name, name + "-noghg")]
+    assert csv[0] == csv[1]  # the same label vectors, only the images differ
+
+
+def _record_starts(model: torch.nn.Module) -> tuple[list, list[torch.Tensor]]:
+    """Spies (the real methods still run): the `extras` each network call gets, and every seed the model draws."""
+    starts: list = []
+    seeds: list[torch.Tensor] = []
+    plain_forward, plain_seed = model.forward, model.seed
+
+    def forward_spy(x, t, y, extras=None, **kw):
+        starts.append(None if extras is None else extras.clone())
+        return plain_forward(x, t, y, extras=extras, **kw)
+
+    def seed_spy(*args, **kw):
+        seeds.append(plain_seed(*args, **kw))
+        return seeds[-1]
+
+    model.forward, model.seed = forward_spy, seed_spy
+    return starts, seeds
+
+
+def _is_fresh_seed(cells: torch.Tensor, out_channels: int) -> bool:
+    """Zero everywhere but the centre cell's output channels, which are all non-zero (a single-cell seed)."""
+    centre = cells[:, :out_channels, 4, 4]
+    return bool(torch.count_nonzero(cells) == torch.count_nonzero(centre) == centre.numel())
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 1.5])
+def test_no_ghg_starts_every_step_from_a_fresh_seed(cfg_scale):
+    from diffusion import create_diffusion
+    from synthesis.generate import sample_images
+
+    model = random_weights(DiT_models["GeCA-T"](input_size=8, num_classes=11, in_channels=4), seed=2).eval()
+    labels = torch.zeros(2, 11)
+    labels[:, 0] = 1
+    first = sample_images(model, create_diffusion("5"), labels, [0, 1], (4, 8, 8), cfg_scale=cfg_scale, ghg=False)
+    starts, seeds = _record_starts(model)
+    again = sample_images(model, create_diffusion("5"), labels, [0, 1], (4, 8, 8), cfg_scale=cfg_scale, ghg=False)
+    assert torch.equal(first, again)  # deterministic from the per-image seeds
+    c = model.out_channels
+    # One new seed per denoising step, none before the loop; GeCA.forward grows from it (cfg 1: it draws the seed
+    # itself because the loop passes no extras; cfg > 1: forward_with_cfg draws it and hands it over).
+    assert len(starts) == len(seeds) == 5
+    assert all(_is_fresh_seed(s, c) for s in seeds)  # output AND hidden channels reset every step
+    assert all(s is None for s in starts) if cfg_scale == 1.0 else all(torch.equal(a, b) for a, b in zip(starts, seeds))
+    assert not torch.equal(seeds[1][:, :c, 4, 4], seeds[0][:, :c, 4, 4])  # a new cell each step
+    ghg = sample_images(model, create_diffusion("5"), labels, [0, 1], (4, 8, 8), cfg_scale=cfg_scale)
+    assert not torch.equal(ghg, first)
+
+
+@pytest.mark.parametrize("ghg", [True, False])
+def test_train_validation_sampling_honours_ghg_flag(ghg):
+    import train
+    from diffusion import create_diffusion
+
+    model = random_weights(DiT_models["GeCA-T"](input_size=8, num_classes=11, in_channels=4), seed=3).eval()
+    flags = ["--model", "GeCA-T", "--num-classes", "11", "--in_channels", "4", "--val-mode", "final"]
+    args = train.build_parser().parse_args([*flags, "--cfg-scale", "1.5", *([] if ghg else ["--no-ghg"])])
+    validator = object.__new__(train.Validator)  # only what _sample reads: no Inception weights, no real images
+    validator.args, validator.net, validator.device, validator.latent_size = args, model, torch.device("cpu"), 8
+    validator.diffusion, validator.vae, validator.real_labels = create_diffusion("4"), None, torch.eye(11)[:2]
+    starts, _ = _record_starts(model)
+    images = validator._sample(model, 0, 2, step=0)
+    assert images.shape == (2, 4, 8, 8) and images.dtype == torch.uint8
+    c = model.out_channels
+    assert len(starts) == 4 and _is_fresh_seed(starts[0], c)
+    # Under GHG the hidden genes of step k are step k+1's; without it every step starts from a fresh seed.
+    assert all(_is_fresh_seed(s, c) for s in starts[1:]) == (not ghg)
+    assert (torch.count_nonzero(starts[-1][:, c:]) > 0) == ghg
+
+
+# ----- the checkpoint's saved flags: sampling needs only --ckpt ------------------------------------------------------
+
+
+class PooledPixels(torch.nn.Module):
+    """Stand-in KID feature network for the training run's validation: uint8 images -> pooled colour features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def pixel_ckpt(ws, tmp_path_factory) -> Path:
+    """best_ckpt.pt of a DiT-T/2 that train.py trained on 16 px images (--image_space --in_channels 3, T = 1000).
+
+    DiT-T/2 keeps the default 250 sampling steps affordable on a CPU (a few seconds for one batch).
+    """
+    import metrics.inception
+    import train
+
+    results = tmp_path_factory.mktemp("pixel_run")
+    flags = ["--model", "DiT-T/2", "--data-path", str(ws["root"]), "--results-dir", str(results), "--image_space"]
+    flags += ["--in_channels", "3", "--image-size", "16", "--num-classes", "11", "--fold", "0", "--epochs", "1"]
+    flags += ["--global-batch-size", "4", "--num-workers", "0", "--validate_every", "1", "--val-mode", "final"]
+    flags += ["--num-sampling-steps", "2", "--val_samples", "4", "--load_from", "", "--lr", "1e-3"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics.inception, "load_inception", lambda weights=None, device="cpu": PooledPixels())
+        exp = train.main(train.build_parser().parse_args(flags))
+    return exp / "checkpoints" / "best_ckpt.pt"
+
+
+def test_sampling_needs_only_the_checkpoint(ws, pixel_ckpt, tmp_path, capsys):
+    """Model, size, channels, classes, pixel space, diffusion length and VAE all come from the checkpoint."""
+    short = ["--ckpt", str(pixel_ckpt), "--sample-dir", str(tmp_path / "short"), "--fold", "0"]
+    name = "DiT-T-2-GS-fold-0-nstep-250-best_ckpt-size-16-vae-ema-cfg-1.5-seed-0"
+    taken = (
+        "from the checkpoint: --model DiT-T/2, --image-size 16, --in_channels 3, --num-classes 11, --image_space, "
+        "--diffusion-steps 1000, --vae ema"
+    )
+    # The issue's case: the validation copy, without repeating --in_channels 3 (or anything else).
+    summary = sample_ddp_val.main(sample_ddp_val.parse_args([*short, "--data-path", str(ws["root"])]))
+    assert taken in capsys.readouterr().out
+    val = tmp_path / "short" / name / "gen_samples_val"
+    assert (
+        summary["images"] == summary["total"] == len(pd.read_csv(ws["root"] / "val_0.csv")) == len(list(val.iterdir()))
+    )
+    from PIL import Image
+
+    assert Image.open(val / "000000.png").size == (16, 16)
+    # The same run with the shape flags spelled out, as before this change: the same images.
+    full = [*short, "--data-path", str(ws["root"]), "--model", "DiT-T/2", "--image-size", "16", "--image_space"]
+    full += ["--num-classes", "11", "--in_channels", "3"]
+    full[full.index("--sample-dir") + 1] = str(tmp_path / "full")
+    sample_ddp_val.main(sample_ddp_val.parse_args(full))
+    assert "from the checkpoint: --diffusion-steps 1000, --vae ema" in capsys.readouterr().out
+    assert png_bytes(tmp_path / "short" / name, "gen_samples_val") == png_bytes(
+        tmp_path / "full" / name, "gen_samples_val"
+    )
+    # The augmentation set: sample_ddp.py has no --in_channels flag, the checkpoint's 3 channels still apply.
+    summary = sample_ddp.main(sample_ddp.parse_args([*short, "--data-path", str(ws["features"])]))
+    assert taken in capsys.readouterr().out
+    assert summary["images"] == len(ws["train_labels"]) and (tmp_path / "short" / name / "train_syn_0.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("script", "flags", "trained"),
+    [
+        ("sample_ddp_val", ["--in_channels", "4"], "--in_channels 3"),
+        ("sample_ddp", ["--image-size=32"], "--image-size 16"),
+        ("sample_ddp", ["--model", "GeCA-T"], "--model DiT-T/2"),
+        ("sample_ddp", ["--num-classes", "5"], "--num-classes 11"),
+    ],
+)
+def test_a_contradicting_flag_stops_with_one_line(ws, pixel_ckpt, tmp_path, capsys, script, flags, trained):
+    module = {"sample_ddp": sample_ddp, "sample_ddp_val": sample_ddp_val}[script]
+    argv = ["--ckpt", str(pixel_ckpt), "--data-path", str(ws["root"]), "--sample-dir", str(tmp_path), *flags]
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    given = " ".join(flags).replace("=", " ")
+    want = f"{given} contradicts --ckpt {pixel_ckpt}, which was trained with {trained}; drop the flag to use the "
+    assert err[0].startswith("usage:") and err[-1].endswith("error: " + want + "checkpoint's setting")
+    assert not any("size mismatch" in line or "state_dict" in line for line in err)
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_a_bare_state_dict_samples_with_flags(ws, tmp_path):
+    """Weights alone (no "ema", no saved flags), as reference weights come: the flags decide, as before."""
+    bare = tmp_path / "weights.pt"
+    save_checkpoint(bare, load_checkpoint(ws["ckpt"]["DiT-T/2"])["ema"])
+    flags = argv(ws, tmp_path / "bare", "DiT-T/2", "--data-path", str(ws["features"]))
+    flags[flags.index("--ckpt") + 1] = str(bare)
+    args = sample_ddp.parse_args(flags)
+    assert args.checkpoint_settings == [] and args.model == "DiT-T/2"
+    sample_ddp.main(args)
+    sample_ddp.main(sample_ddp.parse_args(argv(ws, tmp_path / "full", "DiT-T/2", "--data-path", str(ws["features"]))))
+    assert png_bytes(folder_of(tmp_path / "bare"), "gen_samples") == png_bytes(
+        folder_of(tmp_path / "full"), "gen_samples"
+    )
