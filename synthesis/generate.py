@@ -76,8 +76,11 @@ def sample_images(
         z = torch.cat([z, z], 0)
         kwargs = {"y": torch.cat([labels, torch.zeros_like(labels)], 0), "cfg_scale": cfg_scale}
         fn = model.forward_with_cfg
-    if ghg and getattr(model, "is_cellular", False):
-        kwargs["extras"] = model.seed(z, generator=gens)
+    # A cellular model starts from its seed cell, whose noise comes from the per-image generators (batch-invariant);
+    # without GHG the loop lets the model draw a fresh seed at every step instead.
+    extras = model.initial_extras(z, generator=gens) if ghg else None
+    if extras is not None:
+        kwargs["extras"] = extras
     loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
     samples = loop(
         fn,
