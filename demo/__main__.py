@@ -1,10 +1,11 @@
-"""The whole GeCA study on the embedded phantom data, in one command (issue 8; `make demo`).
+"""The whole GeCA study on the embedded phantom data, in one command (`make demo`).
 
     python -m demo --out demo_out            # full demo, about 20 minutes on 2 CPU cores
     python -m demo --out demo_out --quick    # the same stages at the smallest sizes, a few minutes
 
-Runs the real entry scripts stage by stage (data, label files, training of GeCA-T / DiT-T/2 / LDM-T, validation copy
-and 5x augmentation set of each, KID / LPIPS / GG, downstream classification) and writes `{out}/REPORT.md`. Each
+Runs the real entry scripts stage by stage (phantom data, a domain VAE, latents under torchrun, training of GeCA-T /
+DiT-T/2 / LDM-T on them, validation copy and augmentation set of each, GeCA also without Gene Heredity Guidance,
+KID / LPIPS / GG, downstream classification with label fidelity) and writes `{out}/REPORT.md`. Each
 stage's output is shown and logged under `{out}/logs/`; finished stages are stamped under `{out}/stamps/`, so a
 re-run continues from the first unfinished one. A failing stage stops the demo with its error (exit status 1).
 """
@@ -30,14 +31,24 @@ def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def default_jobs() -> int:
+    """Two stages at a time where there are two cores or more (each stage then runs one torch thread)."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
 def main(args: argparse.Namespace) -> int:
     """Run (or continue) the demo; returns the process exit status."""
     profile = PROFILES["quick" if args.quick else "full"]
     layout = Layout(Path(args.out).resolve())
     device = args.device or default_device()
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    threads = args.threads or (1 if jobs > 1 else None)
     env = {}
-    if args.threads:
-        env = {name: str(args.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if threads:
+        env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    # Idle OpenMP threads spin by default; on a busy machine that slows small operations many times over
+    # (docs/PERFORMANCE.md). A value the user set is kept.
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
     # What the report needs to know about this run, written before any stage.
     config = {
@@ -45,7 +56,8 @@ def main(args: argparse.Namespace) -> int:
         "models": list(DEMO_MODELS),
         "fold": FOLD,
         "device": device,
-        "threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "default",
+        "threads": threads or os.environ.get("OMP_NUM_THREADS") or "default",
+        "jobs": jobs,
         "cpu_count": os.cpu_count(),
     }
     atomic_write_text(layout.config, json.dumps(config, indent=1) + "\n")
@@ -54,10 +66,10 @@ def main(args: argparse.Namespace) -> int:
     runner = Runner(layout.out, env, fresh=args.fresh)
     runner.say(
         f"GeCA demo ({profile.name} profile): {len(stages)} stages into {layout.out}, device {device}, "
-        f"torch threads {config['threads']}"
+        f"torch threads {config['threads']}, {jobs} stage(s) at a time"
     )
     try:
-        records = runner.run(stages)
+        records = runner.run(stages, jobs=jobs)
     except StageFailed as err:
         runner.say(f"\n!!! {err}\n!!! last lines of {err.log}:")
         for line in log_tail(err.log):
@@ -83,7 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=str, default="demo_out", help="output folder (data, models, samples, REPORT.md)")
     p.add_argument("--quick", action="store_true", help="the smallest sizes (what the test suite runs)")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads of every stage (default: the environment's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of every stage (default: 1 when stages run in parallel, else the environment's)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="stages run at once when their inputs are ready (default: 2 with two or more cores, else 1)",
     )
     p.add_argument("--device", type=str, default=None, help="device of sampling, metrics, classification")
     p.add_argument("--fresh", action="store_true", help="ignore the stamps of an earlier run and redo every stage")

@@ -1,9 +1,13 @@
 """The demo's stages: the exact command lines of the real entry scripts, and where their outputs land.
 
-Pipeline (SPEC A 1 in image space, then the classification study of SPEC C6):
-data -> labels -> train (x3) -> sample-val (x3) -> sample-aug (x3) -> evaluate (x3) -> classify -> report.
-Every path in a command is relative to the repository root when the output folder lies inside it (so the commands
-read like the README's), absolute otherwise; the commands run from the repository root.
+Pipeline (the paper's latent path of docs/REFERENCE.md §1 at demo size, then the classification study of
+docs/DECISIONS.md §C6):
+data -> domain VAE -> latents (torchrun, 2 processes) -> train (x3) -> validation copy (x3, GeCA also without GHG)
+-> 1x augmentation set (x3) -> evaluate -> classify (real baseline first, then each synthetic set, then the
+label-fidelity scores) -> report.
+Stages are listed in priority order: with two parallel slots the long GeCA training starts first and the rest fills
+the other slot. Every path in a command is relative to the repository root when the output folder lies inside it
+(so the commands read like the README's), absolute otherwise; the commands run from the repository root.
 """
 
 from __future__ import annotations
@@ -15,9 +19,40 @@ from demo.profiles import DEMO_MODELS, FOLD, NUM_CLASSES, Profile
 from demo.runner import REPO_ROOT, Stage
 from infra.naming import model_tag, sample_folder_name
 
-# The reference's ancestral sampler: with the demo's briefly trained models it stays closer to the data than DDIM.
+# The reference's ancestral sampler.
 SAMPLER = "ddpm"
 GLOBAL_SEED = 0
+# The GHG ablation (fresh seed cell at every denoising step) is sampled for the cellular model only.
+ABLATION_MODEL = "GeCA-T"
+# Processes of the feature extraction (the reference launches it with torchrun).
+EXTRACT_PROCS = 2
+# Geometric augmentation of the demo's classifiers: phantom B-scans have a fixed orientation, so the protocol's
+# full-turn rotation and strong jitter (docs/PAPER.md §B1) would destroy the label structures at 64 px.
+DEMO_AUGMENTATION = (
+    "--aug-rotation", "10", "--aug-jitter", "0.1", "--aug-zoom-range", "0.1", "--aug-crop-scale", "0.85",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One synthetic set of the demo: a model sampled with or without Gene Heredity Guidance."""
+
+    model: str
+    ghg: bool = True
+
+    @property
+    def tag(self) -> str:
+        """File-safe key: the model tag, plus "-noghg" for the ablation."""
+        return model_tag(self.model) + ("" if self.ghg else "-noghg")
+
+    @property
+    def label(self) -> str:
+        """Row label of the report's tables."""
+        return self.model + ("" if self.ghg else " (no GHG)")
+
+
+# Every synthetic set: one per model, plus GeCA without GHG (validation copy and augmentation set alike).
+VARIANTS: tuple[Variant, ...] = (*(Variant(m) for m in DEMO_MODELS), Variant(ABLATION_MODEL, ghg=False))
 
 
 @dataclass(frozen=True)
@@ -34,6 +69,16 @@ class Layout:
     @property
     def data(self) -> Path:
         return self.out / "data" / "oct_phantom"
+
+    @property
+    def vae_run(self) -> Path:
+        """train_vae.py's output folder (checkpoints, reconstructions, report)."""
+        return self.out / "vae_oct"
+
+    @property
+    def vae(self) -> Path:
+        """The trained VAE as a diffusers folder: what `--vae` receives."""
+        return self.vae_run / "vae"
 
     @property
     def features(self) -> Path:
@@ -68,33 +113,141 @@ class Layout:
         return self.out / "results" / model_tag(model)
 
     def experiment(self, model: str) -> Path:
-        """train.py's experiment folder: index 000 in an empty results folder (SPEC 3.2 naming)."""
+        """train.py's experiment folder: index 000 in an empty results folder (docs/REFERENCE.md §3.2 naming)."""
         return self.results(model) / f"000-{model_tag(model)}-{FOLD}"
 
     def checkpoint(self, model: str) -> Path:
         return self.experiment(model) / "checkpoints" / "best_ckpt.pt"
 
-    def sample_folder(self, model: str, profile: Profile) -> Path:
-        """The folder both sampling scripts write (SPEC 3.3 name; the scripts append '-ddim' for DDIM sampling)."""
+    def sample_folder(self, variant: Variant, profile: Profile) -> Path:
+        """The folder both sampling scripts write for one synthetic set (docs/REFERENCE.md §3.3 name)."""
         name = sample_folder_name(
-            model,
+            variant.model,
             FOLD,
             profile.sampling_steps,
-            self.checkpoint(model),
+            self.checkpoint(variant.model),
             profile.image_size,
-            "ema",
+            str(self.vae),
             profile.cfg_scale,
             GLOBAL_SEED,
+            sampler=SAMPLER,
+            ghg=variant.ghg,
         )
-        return self.synthetic / (name + "-ddim" if SAMPLER == "ddim" else name)
+        return self.synthetic / name
+
+
+def _data_stage(p: Profile, lay: Layout) -> Stage:
+    return Stage(
+        name="data",
+        description=(
+            f"draw {p.num_images} phantom OCT B-scans ({p.image_size} px, 11 labels) with {p.folds} patient-wise "
+            f"folds and a {p.test_frac:.0%} test split"
+        ),
+        command=(
+            "python",
+            "-m",
+            "data.phantoms",
+            "--kind",
+            "oct",
+            "--out",
+            lay.shown(lay.data),
+            "--num-images",
+            str(p.num_images),
+            "--folds",
+            str(p.folds),
+            "--size",
+            str(p.image_size),
+            "--seed",
+            "0",
+            "--test-frac",
+            str(p.test_frac),
+        ),  # fmt: skip
+        outputs=tuple(lay.data / f"{split}_{FOLD}.csv" for split in ("train", "val", "test")),
+        clears=(lay.data,),
+    )
+
+
+def _vae_stage(p: Profile, lay: Layout) -> Stage:
+    return Stage(
+        name="train-vae",
+        description=(
+            f"train the domain VAE (AutoencoderKL, downsampling 8, 4 latent channels) on fold {FOLD}'s training "
+            f"images for {p.vae_steps} steps of batch {p.vae_batch}; scaling factor from its latents, PSNR on val"
+        ),
+        command=(
+            "python",
+            "train_vae.py",
+            "--data-path",
+            lay.shown(lay.data),
+            "--dataset",
+            "oct",
+            "--fold",
+            str(FOLD),
+            "--image-size",
+            str(p.image_size),
+            "--out",
+            lay.shown(lay.vae_run),
+            "--steps",
+            str(p.vae_steps),
+            "--batch-size",
+            str(p.vae_batch),
+            "--global-seed",
+            str(GLOBAL_SEED),
+            "--num-workers",
+            "0",
+        ),  # fmt: skip
+        deps=("data",),
+        outputs=(lay.vae / "config.json",),
+        clears=(lay.vae_run,),
+    )
+
+
+def _extract_stage(p: Profile, lay: Layout) -> Stage:
+    return Stage(
+        name="extract",
+        description=(
+            f"encode fold {FOLD}'s training images into {p.image_size // 8}x{p.image_size // 8}x4 latents with the "
+            f"domain VAE, {EXTRACT_PROCS} processes under torchrun"
+        ),
+        command=(
+            "python",
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(EXTRACT_PROCS),
+            "extract_features.py",
+            "--data-path",
+            lay.shown(lay.data),
+            "--dataset",
+            "oct",
+            "--features-path",
+            lay.shown(lay.features),
+            "--vae",
+            lay.shown(lay.vae),
+            "--image-size",
+            str(p.image_size),
+            "--global-batch-size",
+            "32",
+            "--fold",
+            str(FOLD),
+            "--global-seed",
+            str(GLOBAL_SEED),
+            "--num-workers",
+            "0",
+        ),  # fmt: skip
+        deps=("train-vae",),
+        outputs=(lay.features / f"features_{FOLD}", lay.features / f"labels_{FOLD}"),
+        clears=(lay.features,),
+    )
 
 
 def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
     tag = model_tag(model)
     command = (
         "python", "train.py",
-        "--model", model,
-        "--image_space", "--in_channels", "3", "--image-size", str(p.image_size),
+        "--model", model, "--feature-path", lay.shown(lay.features), "--vae", lay.shown(lay.vae),
+        "--image-size", str(p.image_size),
         "--data-path", lay.shown(lay.data), "--dataset", "oct", "--num-classes", str(NUM_CLASSES),
         "--fold", str(FOLD),
         "--results-dir", lay.shown(lay.results(model)),
@@ -107,30 +260,182 @@ def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
     return Stage(
         name=f"train-{tag}",
         description=(
-            f"train {model} in image space ({p.image_size} px) for {p.epochs} epochs of batch {p.batch_size}, "
-            f"validating (KID of {p.val_samples} samples) every {p.validate_every} epochs"
+            f"train {model} on the {p.image_size // 8}x{p.image_size // 8}x4 latents for {p.epochs} epochs of batch "
+            f"{p.batch_size}, validating (KID of {p.val_samples} decoded samples) every {p.validate_every} epochs"
         ),
         command=command,
-        deps=("data",),
+        deps=("extract",),
         outputs=(lay.checkpoint(model), lay.experiment(model) / "metrics.csv"),
         clears=(lay.results(model),),
     )
 
 
-def _sampling_args(model: str, p: Profile, lay: Layout, device: str) -> tuple[str, ...]:
+def _sampling_args(v: Variant, p: Profile, lay: Layout, device: str) -> tuple[str, ...]:
     return (
-        "--model", model,
-        "--image_space", "--image-size", str(p.image_size), "--dataset", "oct", "--num-classes", str(NUM_CLASSES),
-        "--fold", str(FOLD),
-        "--ckpt", lay.shown(lay.checkpoint(model)),
+        "--model", v.model, "--image-size", str(p.image_size), "--vae", lay.shown(lay.vae),
+        "--dataset", "oct", "--num-classes", str(NUM_CLASSES), "--fold", str(FOLD),
+        "--ckpt", lay.shown(lay.checkpoint(v.model)),
         "--sample-dir", lay.shown(lay.synthetic),
         "--sampler", SAMPLER, "--num-sampling-steps", str(p.sampling_steps), "--cfg-scale", str(p.cfg_scale),
         "--per-proc-batch-size", str(p.sample_batch), "--global-seed", str(GLOBAL_SEED), "--device", device,
+        *(() if v.ghg else ("--no-ghg",)),
     )  # fmt: skip
 
 
+def _ghg_words(v: Variant) -> str:
+    if not v.model.startswith("GeCA"):
+        return ""
+    return " with GHG" if v.ghg else " without GHG (a fresh seed cell at every step)"
+
+
+def _sample_val_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
+    folder = lay.sample_folder(v, p)
+    return Stage(
+        name=f"sample-val-{v.tag}",
+        description=(
+            f"synthesise the validation copy with {v.model}{_ghg_words(v)}: one image per val_{FOLD}.csv label "
+            f"vector, {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}, decoded by the domain VAE"
+        ),
+        command=(
+            "python",
+            "sample_ddp_val.py",
+            *_sampling_args(v, p, lay, device),
+            "--data-path",
+            lay.shown(lay.data),
+            "--expand_ratio",
+            "1",
+        ),  # fmt: skip
+        deps=("data", "train-vae", f"train-{model_tag(v.model)}"),
+        outputs=(folder / f"val_syn_{FOLD}.csv",),
+        clears=(folder / "gen_samples_val", folder / f"val_syn_{FOLD}.csv"),
+        resumable=True,
+    )
+
+
+def _sample_aug_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
+    folder = lay.sample_folder(v, p)
+    return Stage(
+        name=f"sample-aug-{v.tag}",
+        description=(
+            f"synthesise the {p.expand_ratio}x augmentation set with {v.model}{_ghg_words(v)}: every training label "
+            f"vector {p.expand_ratio} time(s), {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}"
+        ),
+        command=(
+            "python",
+            "sample_ddp.py",
+            *_sampling_args(v, p, lay, device),
+            "--data-path",
+            lay.shown(lay.features),
+            "--expand_ratio",
+            str(p.expand_ratio),
+        ),  # fmt: skip
+        deps=("extract", "train-vae", f"train-{model_tag(v.model)}"),
+        outputs=(folder / f"train_syn_{FOLD}.csv",),
+        clears=(folder / "gen_samples", folder / f"train_syn_{FOLD}.csv"),
+        resumable=True,
+    )
+
+
+def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
+    folder = lay.sample_folder(v, p)
+    return Stage(
+        name=f"evaluate-{v.tag}",
+        description=(
+            f"KID and GG (Inception features) and LPIPS (when its AlexNet weights are present) of {v.label}'s "
+            "validation copy against the real validation images"
+        ),
+        command=(
+            "python",
+            "evaluate.py",
+            "--real",
+            lay.shown(lay.data),
+            "--gen",
+            lay.shown(folder),
+            "--fold",
+            str(FOLD),
+            "--image-size",
+            str(p.image_size),
+            "--dataset",
+            "oct",
+            "--gg_extractor",
+            "inception",
+            "--device_list",
+            device,
+            "--num-workers",
+            "0",
+            "--cache-dir",
+            lay.shown(lay.feature_cache),
+        ),  # fmt: skip
+        deps=("data", f"sample-val-{v.tag}"),
+        outputs=(folder / f"metrics_{FOLD}.json",),
+    )
+
+
+def _classify_command(p: Profile, lay: Layout, device: str, conditions: list[str]) -> tuple[str, ...]:
+    return (
+        "python", "classify.py", "--data-path", lay.shown(lay.data), "--dataset", "oct", "--folds", str(FOLD),
+        "--seeds", *map(str, p.cls_seeds), "--arch", "tiny", "--image-size", str(p.image_size),
+        "--epochs", str(p.cls_epochs), "--batch-size", str(p.cls_batch), "--lr", str(p.cls_lr), *DEMO_AUGMENTATION,
+        "--num-workers", "0", "--device", device, "--out", lay.shown(lay.classify), "--conditions", *conditions,
+    )  # fmt: skip
+
+
+def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[Stage], Stage]:
+    """The study in parts that share `{out}/classify/runs/` (classify.py reuses finished runs): the real-data
+    conditions (which need no synthetic data, so they run beside the VAE training), one part per synthetic set
+    (real + synthetic, and synthetic only), then the whole study, which trains nothing new and adds the
+    label-fidelity scores of every validation copy."""
+    real = Stage(
+        name="classify-real",
+        description=(
+            f"downstream classifiers on real data only (fold {FOLD}): geometric augmentation (the baseline) and no "
+            f"augmentation; tiny CNN, {p.cls_epochs} epochs, {len(p.cls_seeds)} seeds"
+        ),
+        command=_classify_command(p, lay, device, ["geometric", "noaug"]),
+        deps=("data",),
+        outputs=(lay.classify / "results.json",),
+        clears=(lay.classify,),
+        resumable=True,
+    )
+    parts = []
+    for v in VARIANTS:
+        folder = lay.shown(lay.sample_folder(v, p))
+        parts.append(
+            Stage(
+                name=f"classify-{v.tag}",
+                description=(
+                    f"classifiers trained on real + {v.label}'s {p.expand_ratio}x set, and on that set alone "
+                    "(GAN-train); the baseline runs are reused"
+                ),
+                command=_classify_command(
+                    p, lay, device, ["geometric", f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
+                ),
+                deps=("classify-real", f"sample-val-{v.tag}", f"sample-aug-{v.tag}"),
+                outputs=(lay.classify / "results.json",),
+                resumable=True,
+            )
+        )
+    conditions = ["geometric", "noaug"]
+    for v in VARIANTS:
+        folder = lay.shown(lay.sample_folder(v, p))
+        conditions += [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
+    whole = Stage(
+        name="classify",
+        description=(
+            f"the downstream study on fold {FOLD}: every condition (finished runs reused), paired tests against the "
+            "baseline, and label fidelity (GAN-test: the baseline classifiers score each validation copy against "
+            "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
+        ),
+        command=_classify_command(p, lay, device, conditions),
+        deps=("classify-real", *(s.name for s in parts)),
+        outputs=(lay.classify / "results.json", lay.classify / "results.md"),
+        resumable=True,
+    )
+    return real, parts, whole
+
+
 def build_stages(p: Profile, lay: Layout, device: str) -> list[Stage]:
-    """Every stage of the demo, in order.
+    """Every stage of the demo, in priority order.
 
     Args:
         p: the sizes (full or quick).
@@ -140,194 +445,26 @@ def build_stages(p: Profile, lay: Layout, device: str) -> list[Stage]:
     Returns:
         The stages; each one's deps name earlier stages.
     """
-    data = lay.shown(lay.data)
-    stages = [
-        Stage(
-            name="data",
-            description=(
-                f"draw {p.num_images} phantom OCT B-scans ({p.image_size} px, 11 labels) with {p.folds} patient-wise "
-                f"folds and a {p.test_frac:.0%} test split"
-            ),
-            command=(
-                "python",
-                "-m",
-                "data.phantoms",
-                "--kind",
-                "oct",
-                "--out",
-                data,
-                "--num-images",
-                str(p.num_images),
-                "--folds",
-                str(p.folds),
-                "--size",
-                str(p.image_size),
-                "--seed",
-                "0",
-                "--test-frac",
-                str(p.test_frac),
-            ),  # fmt: skip
-            outputs=tuple(lay.data / f"{split}_{FOLD}.csv" for split in ("train", "val", "test")),
-            clears=(lay.data,),
-        ),
-        Stage(
-            name="labels",
-            description=(
-                f"write the training label vectors of fold {FOLD} as labels_{FOLD}/{{i}}.npy, the file layout "
-                "sample_ddp.py reads (no latents in image space)"
-            ),
-            command=(
-                "python",
-                "-m",
-                "demo.labels",
-                "--data-path",
-                data,
-                "--dataset",
-                "oct",
-                "--features-path",
-                lay.shown(lay.features),
-                "--fold",
-                str(FOLD),
-            ),  # fmt: skip
-            deps=("data",),
-            outputs=(lay.features / f"labels_{FOLD}",),
-        ),
-    ]
-    stages += [_train_stage(m, p, lay) for m in DEMO_MODELS]
-    for m in DEMO_MODELS:
-        stages.append(
-            Stage(
-                name=f"sample-val-{model_tag(m)}",
-                description=(
-                    f"synthesise the validation copy with {m}: one image per val_{FOLD}.csv label vector, "
-                    f"{p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}"
-                    + (" with GHG" if m.startswith("GeCA") else "")
-                ),
-                command=(
-                    "python",
-                    "sample_ddp_val.py",
-                    *_sampling_args(m, p, lay, device),
-                    "--in_channels",
-                    "3",
-                    "--data-path",
-                    data,
-                    "--expand_ratio",
-                    "1",
-                ),  # fmt: skip
-                deps=("data", f"train-{model_tag(m)}"),
-                outputs=(lay.sample_folder(m, p) / f"val_syn_{FOLD}.csv",),
-                clears=(lay.sample_folder(m, p) / "gen_samples_val", lay.sample_folder(m, p) / f"val_syn_{FOLD}.csv"),
-                resumable=True,
-            )
-        )
-    for m in DEMO_MODELS:
-        stages.append(
-            Stage(
-                name=f"sample-aug-{model_tag(m)}",
-                description=(
-                    f"synthesise the {p.expand_ratio}x augmentation set with {m}: every training label vector "
-                    f"{p.expand_ratio} times, {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}"
-                ),
-                command=(
-                    "python",
-                    "sample_ddp.py",
-                    *_sampling_args(m, p, lay, device),
-                    "--data-path",
-                    lay.shown(lay.features),
-                    "--expand_ratio",
-                    str(p.expand_ratio),
-                ),  # fmt: skip
-                deps=("labels", f"train-{model_tag(m)}"),
-                outputs=(lay.sample_folder(m, p) / f"train_syn_{FOLD}.csv",),
-                clears=(lay.sample_folder(m, p) / "gen_samples", lay.sample_folder(m, p) / f"train_syn_{FOLD}.csv"),
-                resumable=True,
-            )
-        )
-    for m in DEMO_MODELS:
-        folder = lay.sample_folder(m, p)
-        stages.append(
-            Stage(
-                name=f"evaluate-{model_tag(m)}",
-                description=(
-                    f"KID and GG (Inception features) and LPIPS (when its AlexNet weights are present) of {m}'s "
-                    "validation copy against the real validation images"
-                ),
-                command=(
-                    "python",
-                    "evaluate.py",
-                    "--real",
-                    data,
-                    "--gen",
-                    lay.shown(folder),
-                    "--fold",
-                    str(FOLD),
-                    "--image-size",
-                    str(p.image_size),
-                    "--dataset",
-                    "oct",
-                    "--gg_extractor",
-                    "inception",
-                    "--device_list",
-                    device,
-                    "--num-workers",
-                    "0",
-                    "--cache-dir",
-                    lay.shown(lay.feature_cache),
-                ),  # fmt: skip
-                deps=("data", f"sample-val-{model_tag(m)}"),
-                outputs=(folder / f"metrics_{FOLD}.json",),
-            )
-        )
-    conditions = [f"synthetic:{model_tag(m)}={lay.shown(lay.sample_folder(m, p))}" for m in DEMO_MODELS]
-    stages.append(
-        Stage(
-            name="classify",
-            description=(
-                f"downstream multi-label classification on fold {FOLD}: geometric augmentation (baseline), no "
-                f"augmentation, and real + each {p.expand_ratio}x synthetic set; tiny CNN, {p.cls_epochs} epoch(s), "
-                f"{len(p.cls_seeds)} seed(s), paired test against the baseline"
-            ),
-            command=(
-                "python",
-                "classify.py",
-                "--data-path",
-                data,
-                "--dataset",
-                "oct",
-                "--folds",
-                str(FOLD),
-                "--seeds",
-                *map(str, p.cls_seeds),
-                "--arch",
-                "tiny",
-                "--image-size",
-                str(p.image_size),
-                "--epochs",
-                str(p.cls_epochs),
-                "--batch-size",
-                str(p.cls_batch),
-                "--num-workers",
-                "0",
-                "--device",
-                device,
-                "--out",
-                lay.shown(lay.classify),
-                "--conditions",
-                "geometric",
-                "noaug",
-                *conditions,
-            ),  # fmt: skip
-            deps=("data", *(f"sample-aug-{model_tag(m)}" for m in DEMO_MODELS)),
-            outputs=(lay.classify / "results.json", lay.classify / "results.md"),
-            # classify.py reuses finished runs by a key that covers the CSV files but not the images they list.
-            clears=(lay.classify,),
-            resumable=True,
-        )
-    )
+    classify_real, classify_parts, classify_all = _classify_stages(p, lay, device)
+    stages = [_data_stage(p, lay), _vae_stage(p, lay), classify_real, _extract_stage(p, lay)]
+    # GeCA trains longest: it goes first, the baselines fill the other slot.
+    stages += [_train_stage(m, p, lay) for m in sorted(DEMO_MODELS, key=lambda m: m != ABLATION_MODEL)]
+    parts = dict(zip(VARIANTS, classify_parts))
+    for v in sorted(VARIANTS, key=lambda v: v.model == ABLATION_MODEL):
+        stages += [
+            _sample_val_stage(v, p, lay, device),
+            _sample_aug_stage(v, p, lay, device),
+            _evaluate_stage(v, p, lay, device),
+            parts[v],
+        ]
+    stages.append(classify_all)
     stages.append(
         Stage(
             name="report",
-            description="write REPORT.md: dataset, training curves, samples, image-quality and classification tables",
+            description=(
+                "write REPORT.md: dataset, VAE reconstructions, training curves, samples, image-quality, "
+                "classification and label-fidelity tables"
+            ),
             command=("python", "-m", "demo.report", "--out", lay.shown(lay.out)),
             deps=tuple(s.name for s in stages),
             outputs=(lay.report,),

@@ -1,8 +1,10 @@
 """The sizes of the demo: `full` (`make demo`, about 20 minutes on 2 CPU cores) and `quick` (`make demo QUICK=1`).
 
-Both run every stage of the study with the tiny registry models (GeCA-T, DiT-T/2, LDM-T: CPU stand-ins, not the
-paper's configurations) in image space at a small resolution. GeCA dominates the time: each forward runs 12 cellular
-steps over every pixel, so its cost grows with the number of pixels and is what fixes the image size.
+Both run the paper's latent pipeline (images -> VAE latents -> denoiser -> decode, docs/DECISIONS.md §C7) on 64 px
+phantom B-scans with a domain VAE trained by `train_vae.py` (downsampling 8, so 8x8x4 latents) and the tiny registry
+denoisers (GeCA-T, DiT-T/2, LDM-T: CPU stand-ins, not the paper's configurations). GeCA dominates the time: each
+forward runs 12 cellular steps over every latent cell, and Gene Heredity Guidance needs a few thousand training
+steps before its sampling trajectory settles (docs/DEMO.md has the measured curve).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ class Profile:
         num_images: phantom images (2 per patient), split into `folds` folds plus a `test_frac` test split.
         folds: folds written (the demo trains and evaluates fold 0 only).
         test_frac: fraction of patients held out as the test split of the classification study.
-        image_size: side in pixels of the phantoms and of every model (image space).
+        image_size: side in pixels of the phantoms; the latents are image_size / 8 on a side.
+        vae_steps: optimiser steps of the domain VAE (train_vae.py).
+        vae_batch: its batch size.
         batch_size: training batch of the denoisers.
         epochs: training epochs; the same data and batch give every denoiser the same number of steps.
         validate_every: epochs between validations (KID of `val_samples` images, best_ckpt.pt selection); chosen so
@@ -37,10 +41,12 @@ class Profile:
         log_every: steps between logged training losses (the points of the training curve).
         sampling_steps: respaced sampling steps of the synthetic sets (and of each validation).
         sample_batch: images per sampling batch.
-        expand_ratio: synthetic images per training label vector (the paper's 5).
+        expand_ratio: synthetic images per training label vector (the paper uses 5; 1 keeps the demo's
+            classification study within its time budget).
         cfg_scale: guidance scale of every synthetic set (GHG for GeCA).
         cls_epochs: epochs of each downstream classifier.
         cls_batch: batch of the downstream classifier.
+        cls_lr: its SGD learning rate (the protocol's 1e-3 stays at chance with a tiny CNN and minutes of training).
         cls_seeds: classifier seeds; at least two give paired p-values.
     """
 
@@ -49,6 +55,8 @@ class Profile:
     folds: int
     test_frac: float
     image_size: int
+    vae_steps: int
+    vae_batch: int
     batch_size: int
     epochs: int
     validate_every: int
@@ -62,6 +70,7 @@ class Profile:
     cfg_scale: float
     cls_epochs: int
     cls_batch: int
+    cls_lr: float
     cls_seeds: tuple[int, ...]
 
     def as_dict(self) -> dict:
@@ -70,32 +79,37 @@ class Profile:
 
 FULL = Profile(
     name="full",
-    num_images=224,
+    num_images=600,
     folds=4,
     test_frac=0.2,
-    image_size=16,
+    image_size=64,
+    vae_steps=300,
+    vae_batch=16,
     batch_size=16,
-    epochs=28,
-    validate_every=9,
+    epochs=91,
+    validate_every=30,
     val_samples=16,
     lr=2e-3,
     ema_decay=0.99,
-    log_every=5,
-    sampling_steps=16,
-    sample_batch=32,
-    expand_ratio=5,
+    log_every=20,
+    sampling_steps=25,
+    sample_batch=64,
+    expand_ratio=1,
     cfg_scale=1.5,
-    cls_epochs=15,
+    cls_epochs=30,
     cls_batch=32,
-    cls_seeds=(0, 1, 2),
+    cls_lr=0.05,
+    cls_seeds=(0, 1),
 )
 
 QUICK = Profile(
     name="quick",
-    num_images=48,
+    num_images=64,
     folds=4,
     test_frac=0.2,
-    image_size=16,
+    image_size=64,
+    vae_steps=8,
+    vae_batch=8,
     batch_size=8,
     epochs=2,
     validate_every=1,
@@ -105,10 +119,11 @@ QUICK = Profile(
     log_every=1,
     sampling_steps=4,
     sample_batch=64,
-    expand_ratio=5,
+    expand_ratio=1,
     cfg_scale=1.5,
     cls_epochs=1,
     cls_batch=32,
+    cls_lr=0.05,
     cls_seeds=(0, 1),
 )
 

@@ -31,6 +31,9 @@ from infra.atomic_io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TAIL_LINES = 30
+# Parallel runs: how often finished stages are looked for, and how often the running ones report their progress.
+POLL_S = 0.2
+STATUS_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -163,66 +166,169 @@ class Runner:
                     log.write(chunk)
                 return proc.wait()
             except BaseException:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                _stop(proc)
                 raise
             finally:
                 proc.stdout.close()
 
-    def run(self, stages: Sequence[Stage]) -> list[dict]:
-        """Run (or skip) every stage in order; raises StageFailed at the first failure.
+    def _begin(self, stage: Stage, run_ids: dict[str, str]) -> tuple[dict, bool]:
+        """Clear a stage's stale outputs (unless it continues an interrupted attempt) and mark its attempt."""
+        self.stamp_path(stage.name).unlink(missing_ok=True)
+        attempt = {"command": stage.shell(), "deps": {d: run_ids[d] for d in stage.deps}}
+        continues = (
+            stage.resumable
+            and not self.fresh
+            and self._same_inputs(self.read_stamp(stage.name, ".started"), stage, run_ids)
+        )
+        if not continues:
+            self._clear(stage)
+        atomic_write_text(self.stamp_path(stage.name, ".started"), json.dumps(attempt, indent=1) + "\n")
+        return attempt, continues
+
+    def _end(self, stage: Stage, attempt: dict, status: int, seconds: float, log_path: Path) -> dict:
+        """Check a finished stage and stamp it; returns its stamp. Raises StageFailed."""
+        if status != 0:
+            raise StageFailed(stage, f"exit status {status} after {format_seconds(seconds)}", log_path)
+        missing = [str(p) for p in stage.outputs if not p.exists()]
+        if missing:
+            raise StageFailed(stage, f"it exited normally but did not write {missing}", log_path)
+        stamp = {
+            "stage": stage.name,
+            "description": stage.description,
+            **attempt,
+            "seconds": seconds,
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "run_id": uuid.uuid4().hex,
+            "log": str(log_path),
+        }
+        atomic_write_text(self.stamp_path(stage.name), json.dumps(stamp, indent=1) + "\n")
+        self.stamp_path(stage.name, ".started").unlink()
+        return stamp
+
+    def _announce(self, head: str, stage: Stage, continues: bool) -> None:
+        self.say(f"\n==> {head}: {stage.description}" + (" (continuing an interrupted attempt)" if continues else ""))
+        self.say(f"    $ {stage.shell()}")
+
+    def run(self, stages: Sequence[Stage], jobs: int = 1) -> list[dict]:
+        """Run (or skip) every stage; raises StageFailed at the first failure.
+
+        With `jobs` > 1, up to `jobs` stages whose dependencies have finished run at once (each stage's output then
+        goes to its log only, and the console shows start, finish and a status line every `STATUS_EVERY_S`); after a
+        failure the stages already running finish (their work is kept), no new one starts.
 
         Returns:
-            One record per stage: name, status ("ran" or "skipped"), seconds (of the run that produced it).
+            One record per stage in the order given: name, status ("ran" or "skipped"), seconds (of the run that
+            produced it).
         """
+        names = [s.name for s in stages]
+        for stage in stages:
+            unknown = [d for d in stage.deps if d not in names[: names.index(stage.name)]]
+            if unknown:
+                raise ValueError(f"stage {stage.name} depends on {unknown}, which are not earlier stages")
+        if jobs <= 1:
+            return self._run_in_order(stages)
+        return self._run_parallel(stages, jobs)
+
+    def _run_in_order(self, stages: Sequence[Stage]) -> list[dict]:
         run_ids: dict[str, str] = {}
         records = []
         for i, stage in enumerate(stages, 1):
             head = f"[{i}/{len(stages)}] {stage.name}"
             if self.is_done(stage, run_ids):
-                stamp = self.read_stamp(stage.name)
-                run_ids[stage.name] = stamp["run_id"]
-                self.say(f"--- {head}: finished earlier in {format_seconds(stamp['seconds'])}, skipped")
-                records.append({"name": stage.name, "status": "skipped", "seconds": stamp["seconds"]})
+                records.append(self._skip(stage, head, run_ids))
                 continue
-            self.stamp_path(stage.name).unlink(missing_ok=True)
-            attempt = {"command": stage.shell(), "deps": {d: run_ids[d] for d in stage.deps}}
-            continues = (
-                stage.resumable
-                and not self.fresh
-                and self._same_inputs(self.read_stamp(stage.name, ".started"), stage, run_ids)
-            )
-            if not continues:
-                self._clear(stage)
-            atomic_write_text(self.stamp_path(stage.name, ".started"), json.dumps(attempt, indent=1) + "\n")
+            attempt, continues = self._begin(stage, run_ids)
             log_path = self.log_dir / f"{stage.name}.log"
-            self.say(
-                f"\n==> {head}: {stage.description}" + (" (continuing an interrupted attempt)" if continues else "")
-            )
-            self.say(f"    $ {stage.shell()}")
+            self._announce(head, stage, continues)
             start = time.time()
             status = self._execute(stage, log_path)
-            seconds = time.time() - start
-            if status != 0:
-                raise StageFailed(stage, f"exit status {status} after {format_seconds(seconds)}", log_path)
-            missing = [str(p) for p in stage.outputs if not p.exists()]
-            if missing:
-                raise StageFailed(stage, f"it exited normally but did not write {missing}", log_path)
-            stamp = {
-                "stage": stage.name,
-                "description": stage.description,
-                **attempt,
-                "seconds": seconds,
-                "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                "run_id": uuid.uuid4().hex,
-                "log": str(log_path),
-            }
-            atomic_write_text(self.stamp_path(stage.name), json.dumps(stamp, indent=1) + "\n")
-            self.stamp_path(stage.name, ".started").unlink()
+            stamp = self._end(stage, attempt, status, time.time() - start, log_path)
             run_ids[stage.name] = stamp["run_id"]
-            self.say(f"<== {head} finished in {format_seconds(seconds)} (log {log_path})")
-            records.append({"name": stage.name, "status": "ran", "seconds": seconds})
+            self.say(f"<== {head} finished in {format_seconds(stamp['seconds'])} (log {log_path})")
+            records.append({"name": stage.name, "status": "ran", "seconds": stamp["seconds"]})
         return records
+
+    def _skip(self, stage: Stage, head: str, run_ids: dict[str, str]) -> dict:
+        stamp = self.read_stamp(stage.name)
+        run_ids[stage.name] = stamp["run_id"]
+        self.say(f"--- {head}: finished earlier in {format_seconds(stamp['seconds'])}, skipped")
+        return {"name": stage.name, "status": "skipped", "seconds": stamp["seconds"]}
+
+    def _run_parallel(self, stages: Sequence[Stage], jobs: int) -> list[dict]:
+        run_ids: dict[str, str] = {}
+        records: dict[str, dict] = {}
+        heads = {s.name: f"[{i}/{len(stages)}] {s.name}" for i, s in enumerate(stages, 1)}
+        pending = list(stages)
+        running: dict[str, tuple[Stage, subprocess.Popen, BinaryIO, dict, float]] = {}
+        failure: StageFailed | None = None
+        last_status = time.time()
+        try:
+            while pending or running:
+                # Start every ready stage while a slot is free (in the order given), unless a stage failed.
+                for stage in list(pending):
+                    if failure is not None or len(running) >= jobs:
+                        break
+                    if not all(d in run_ids for d in stage.deps):
+                        continue
+                    pending.remove(stage)
+                    if self.is_done(stage, run_ids):
+                        records[stage.name] = self._skip(stage, heads[stage.name], run_ids)
+                        continue
+                    attempt, continues = self._begin(stage, run_ids)
+                    self._announce(heads[stage.name], stage, continues)
+                    proc, log = self._spawn(stage, self.log_dir / f"{stage.name}.log")
+                    running[stage.name] = (stage, proc, log, attempt, time.time())
+                if failure is not None and not running:
+                    break
+                if not running and pending:
+                    blocked = ", ".join(s.name for s in pending)
+                    raise ValueError(f"stages {blocked} wait for dependencies that never ran")
+                time.sleep(POLL_S)
+                for name, (stage, proc, log, attempt, start) in list(running.items()):
+                    status = proc.poll()
+                    if status is None:
+                        continue
+                    log.close()
+                    del running[name]
+                    log_path = self.log_dir / f"{name}.log"
+                    try:
+                        stamp = self._end(stage, attempt, status, time.time() - start, log_path)
+                    except StageFailed as err:
+                        self.say(f"!!! {heads[name]} failed ({err.reason}); waiting for the running stages")
+                        failure = failure or err
+                        continue
+                    run_ids[name] = stamp["run_id"]
+                    records[name] = {"name": name, "status": "ran", "seconds": stamp["seconds"]}
+                    self.say(f"<== {heads[name]} finished in {format_seconds(stamp['seconds'])} (log {log_path})")
+                if running and time.time() - last_status >= STATUS_EVERY_S:
+                    last_status = time.time()
+                    for name, (*_, start) in running.items():
+                        tail = log_tail(self.log_dir / f"{name}.log", 1)
+                        self.say(f"... {name} ({format_seconds(time.time() - start)}): {tail[-1] if tail else ''}")
+        except BaseException:
+            for _, proc, log, *_ in running.values():
+                _stop(proc)
+                log.close()
+            raise
+        if failure is not None:
+            raise failure
+        return [records[s.name] for s in stages]
+
+    def _spawn(self, stage: Stage, log_path: Path) -> tuple[subprocess.Popen, BinaryIO]:
+        """Start a stage's command with its output going to its log only."""
+        argv = [sys.executable if i == 0 and arg == "python" else arg for i, arg in enumerate(stage.command)]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "wb")
+        log.write(f"$ {stage.shell()}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return proc, log
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate a stage's process, killing it if it does not exit within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -10,12 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from data.phantoms import make_phantom_dataset
-from data.validate import read_fold_csv
-from demo import labels as demo_labels
+from demo import report as demo_report
 from demo.plan import Layout, build_stages
 from demo.profiles import DEMO_MODELS, FULL, QUICK
 from demo.runner import REPO_ROOT, Runner, Stage, StageFailed, log_tail
@@ -113,6 +110,40 @@ def test_runner_continues_an_interrupted_resumable_stage_only_on_the_same_inputs
     assert part.read_text() == "x"
 
 
+def test_parallel_runner_overlaps_independent_stages_and_keeps_the_bookkeeping(tmp_path):
+    # Two stages that each wait until the other has started: they finish only when run at the same time.
+    def meet(name: str, other: str) -> Stage:
+        code = (
+            f"import pathlib, time; d = pathlib.Path({str(tmp_path)!r}); (d / '{name}.on').touch(); "
+            f"t = time.time()\nwhile not (d / '{other}.on').exists():\n    assert time.time() - t < 20; "
+            f"time.sleep(0.05)\n(d / '{name}.txt').write_text('ok')"
+        )
+        return Stage(name, f"meet {other}", ("python", "-c", code), outputs=(tmp_path / f"{name}.txt",))
+
+    a, b = meet("a", "b"), meet("b", "a")
+    c = write_stage("c", tmp_path / "c.txt", "after both", deps=("a", "b"))
+    console = Console()
+    records = Runner(tmp_path, console=console).run([a, b, c], jobs=2)
+    assert statuses(records) == ["ran", "ran", "ran"] and [r["name"] for r in records] == ["a", "b", "c"]
+    assert (tmp_path / "c.txt").read_text() == "after both"
+    assert "making c.txt" in (tmp_path / "logs" / "c.log").read_text()
+    assert statuses(Runner(tmp_path, console=Console()).run([a, b, c], jobs=2)) == ["skipped"] * 3
+
+    # A failure lets the running stage finish (its work is stamped) and starts nothing new.
+    slow = write_stage("slow", tmp_path / "slow.txt", "done")
+    bad = Stage("bad", "fail", ("python", "-c", "import sys; sys.exit(4)"))
+    later = write_stage("later", tmp_path / "later.txt", "never", deps=("bad",))
+    with pytest.raises(StageFailed, match="exit status 4"):
+        Runner(tmp_path, console=Console()).run([bad, slow, later], jobs=2)
+    assert (tmp_path / "stamps" / "slow.json").is_file() and not (tmp_path / "later.txt").exists()
+
+
+def test_runner_rejects_a_dependency_on_a_later_stage(tmp_path):
+    first = write_stage("first", tmp_path / "1.txt", "x", deps=("second",))
+    with pytest.raises(ValueError, match="not earlier stages"):
+        Runner(tmp_path, console=Console()).run([first, write_stage("second", tmp_path / "2.txt", "y")], jobs=2)
+
+
 def test_runner_never_clears_outside_its_folder(tmp_path):
     outside = tmp_path / "keep.txt"
     outside.write_text("precious")
@@ -129,38 +160,18 @@ def test_log_tail_shows_the_final_state_of_progress_lines(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Label files and commands
-
-
-def test_label_files_follow_the_extract_features_layout(tmp_path):
-    root = tmp_path / "oct_phantom"
-    make_phantom_dataset(root, kind="oct", num_images=16, folds=2, size=16, seed=0)
-    features = tmp_path / "features"
-    (features / "labels_0").mkdir(parents=True)
-    np.save(features / "labels_0" / "999.npy", np.zeros((1, 11), dtype=np.int64))  # stale, from a larger set
-    args = demo_labels.build_parser().parse_args(
-        ["--data-path", str(root), "--dataset", "oct", "--features-path", str(features), "--fold", "0"]
-    )
-    label_dir = demo_labels.main(args)
-
-    train = read_fold_csv(root / "train_0.csv")
-    files = sorted(label_dir.glob("*.npy"), key=lambda f: int(f.stem))
-    assert [f.name for f in files] == [f"{i}.npy" for i in range(len(train))]
-    first = np.load(files[0])
-    assert first.shape == (1, 11) and first.dtype == np.int64
-    from data.labels import OCT_LABELS
-
-    assert (np.stack([np.load(f)[0] for f in files]) == train[list(OCT_LABELS)].to_numpy()).all()
+# Stage commands
 
 
 PARSERS = {
+    "train_vae.py": "train_vae",
+    "extract_features.py": "extract_features",
     "train.py": "train",
     "sample_ddp.py": "sample_ddp",
     "sample_ddp_val.py": "sample_ddp_val",
     "evaluate.py": "evaluate",
     "classify.py": "classify",
     "data.phantoms": "data.phantoms",
-    "demo.labels": "demo.labels",
     "demo.report": "demo.report",
 }
 
@@ -168,16 +179,79 @@ PARSERS = {
 @pytest.mark.parametrize("profile", [FULL, QUICK], ids=["full", "quick"])
 def test_every_stage_command_parses_with_its_script(tmp_path, profile):
     stages = build_stages(profile, Layout(tmp_path), "cpu")
-    assert [s.name for s in stages][:2] == ["data", "labels"] and stages[-1].name == "report"
+    assert [s.name for s in stages][:2] == ["data", "train-vae"] and stages[-1].name == "report"
     names = {s.name for s in stages}
     for i, stage in enumerate(stages):
         assert set(stage.deps) <= {s.name for s in stages[:i]}, stage.name  # dependencies run first
         argv = list(stage.command)
         assert argv[0] == "python"
+        if argv[1:3] == ["-m", "torch.distributed.run"]:  # torchrun: its options, then the script's command line
+            argv = ["python", *argv[next(i for i, a in enumerate(argv) if a.endswith(".py")) :]]
+            assert stage.name == "extract" and "--nproc_per_node" in stage.command
         script, rest = (argv[2], argv[3:]) if argv[1] == "-m" else (argv[1], argv[2:])
         module = importlib.import_module(PARSERS[script])
         assert module.build_parser().parse_args(rest) is not None, stage.name
     assert {f"train-{m.replace('/', '-')}" for m in DEMO_MODELS} <= names
+    # GeCA is also sampled without Gene Heredity Guidance, into its own folder.
+    ablation = [s for s in stages if s.name.startswith("sample-") and "--no-ghg" in s.command]
+    assert {s.name for s in ablation} == {"sample-val-GeCA-T-noghg", "sample-aug-GeCA-T-noghg"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# No unfilled placeholder in the report
+
+# A brace group that starts like a Python name ("{p.sampling_steps}", "{fold}", "{m:.2f}").
+_BRACES = re.compile(r"\{[A-Za-z_][^{}\n]*\}")
+# Characters that glue a brace group into a file-name template such as labels_{fold}/{i}.npy or val_{fold}.csv.
+_PATH_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_/.-")
+
+
+def unfilled_placeholders(markdown: str) -> list[str]:
+    """Brace groups of a Markdown text that look like a format field left unfilled (a string missing its f-prefix).
+
+    The rule: outside fenced code blocks and inline code spans, a `{name...}` group counts unless it is glued to a
+    file-name template, i.e. the character before it or after it is a letter, digit, `_`, `/`, `.` or `-` (legitimate
+    templates such as `labels_{fold}/{i}.npy` or `val_{fold}.csv`). A leftover field reads as a word of its own:
+    "({p.sampling_steps} DDPM steps" or "CFG {p.cfg_scale})".
+    """
+    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.M | re.S)
+    prose = re.sub(r"`[^`\n]*`", "", prose)
+    found = []
+    for match in _BRACES.finditer(prose):
+        before = prose[match.start() - 1] if match.start() > 0 else " "
+        after = prose[match.end()] if match.end() < len(prose) else " "
+        # A sentence may end right after a field ("CFG {x}."): only ".x" (an extension) counts as glue after it.
+        glued_after = after in _PATH_CHARS and not (
+            after == "." and not prose[match.end() + 1 : match.end() + 2].strip()
+        )
+        if before not in _PATH_CHARS and not glued_after:
+            found.append(match.group())
+    return found
+
+
+def test_unfilled_placeholders_rule():
+    assert unfilled_placeholders("weights ({p.sampling_steps} DDPM steps, CFG {p.cfg_scale}) and KID {x}.") == [
+        "{p.sampling_steps}",
+        "{p.cfg_scale}",
+        "{x}",
+    ]
+    legit = (
+        "labels as labels_0/{i}.npy and val_{fold}.csv; `features_{fold}/` in code\n"
+        "```bash\npython classify.py 'synthetic:X=dir-{fold}' {root}/{train,val}_{k}.csv\n```\n"
+        "a set {1, 2} and a JSON {} are not fields"
+    )
+    assert unfilled_placeholders(legit) == []
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # no training curves in an empty layout
+def test_report_sections_fill_every_field(tmp_path):
+    """The report's text-building sections that format profile values leave no field unfilled."""
+    lay = Layout(tmp_path)
+    lay.assets.mkdir(parents=True)
+    models = list(DEMO_MODELS)
+    text = demo_report.training_section(lay, QUICK, models, {m: 1000 for m in models})
+    assert f"{QUICK.sampling_steps} DDPM steps" in text  # the value, not the field's name
+    assert unfilled_placeholders(text) == []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,19 +270,25 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = (out / "REPORT.md").read_text()
+    assert unfilled_placeholders(report) == []
 
     # Dataset summary, curves, sample grids, both tables and the commands are there.
     assert "| split | images | NOR |" in report and "| train |" in report
     assert "report_assets/training_curves.png" in report
-    for model in DEMO_MODELS:
-        tag = model.replace("/", "-")
-        assert (out / "report_assets" / f"samples_{tag}.png").is_file()
+    assert (out / "report_assets" / "samples.png").is_file() and (
+        out / "report_assets" / "vae_reconstructions.png"
+    ).is_file()
+    for model in [*DEMO_MODELS, "GeCA-T (no GHG)"]:
+        tag = model.replace("/", "-").replace(" (no GHG)", "-noghg")
         row = re.search(rf"^\| {re.escape(model)} \| [\d.]+[KM] \| ([\d.]+) ± ([\d.]+) \|", report, flags=re.M)
         assert row is not None, f"no KID for {model}"
         assert float(row.group(1)) > 0  # a real number from evaluate.py
         assert re.search(rf"^\| {re.escape(tag)} \| [\d.]+ ± ", report, flags=re.M), f"no classification row {tag}"
-    assert "| Baseline (Geometric Aug) |" in report
-    assert "python train.py" in report and "python classify.py" in report and "extract_features.py" in report
+        assert re.search(rf"^\| {re.escape(model)} \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", report, flags=re.M), model
+    assert "| Baseline (Geometric Aug) |" in report and "## Label fidelity" in report.replace("### Label", "## Label")
+    assert "| real-only baseline classifier: test macro AUC |" in report
+    assert "python train_vae.py" in report and "torch.distributed.run" in report and "--nproc_per_node 2" in report
+    assert "python train.py" in report and "python classify.py" in report and "--no-ghg" in report
 
     # A second run finds every stage finished and does nothing else.
     second = subprocess.run(
