@@ -33,7 +33,7 @@ from tqdm import tqdm
 from data.datasets import RETINAMNIST_NPZ, RetinaMNISTDataset, fold_csv_path
 from data.select import DATASET_KINDS, pick_dataset
 from data.transforms import center_crop_arr
-from data.validate import read_fold_csv
+from data.validate import check_images, read_fold_csv
 from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_write_text
 from infra.logs import create_logger
@@ -90,7 +90,11 @@ def real_image_set(real: str, kind: str, split: str, fold: int, image_size: int 
         keys = [dataset.source_name(i) for i in range(len(dataset))]
         identity = f"crop={image_size}:{file_identity(Path(real) / RETINAMNIST_NPZ)}"
         return ImageSet(f"real_{split}", keys, _RetinaMNISTImages(dataset, image_size), identity)
-    frame = read_fold_csv(fold_csv_path(real, split, fold))
+    csv_path = fold_csv_path(real, split, fold)
+    frame = read_fold_csv(csv_path)
+    # Every file must be usable before any feature is computed. No size rule: the reference upsamples real images
+    # smaller than --image-size (RetinaMNIST's 224 px to 256).
+    check_images(frame, real, str(csv_path))
     paths = [os.path.join(real, name) for name in frame["filename"].astype(str)]
     return file_image_set(f"real_{split}", paths, image_size)
 
@@ -98,6 +102,7 @@ def real_image_set(real: str, kind: str, split: str, fold: int, image_size: int 
 def generated_image_set(gen: str, fold: int) -> ImageSet:
     """Exactly the images listed in `{gen}/val_syn_{fold}.csv`, loaded as they are (SPEC C2.7)."""
     frame = read_fold_csv(Path(gen) / f"val_syn_{fold}.csv")
+    check_images(frame, gen, str(Path(gen) / f"val_syn_{fold}.csv"))
     paths = [os.path.join(gen, name) for name in frame["filename"].astype(str)]
     return file_image_set("generated", paths, None)
 

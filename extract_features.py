@@ -103,7 +103,13 @@ def main(args: argparse.Namespace) -> None:
         # The training split, checked (columns, labels, duplicates, image files) before anything is written.
         kind = pick_dataset(args.data_path, args.dataset)
         dataset = build_dataset(
-            kind, args.data_path, "train", args.fold, image_transform(args.image_size), args.label_columns
+            kind,
+            args.data_path,
+            "train",
+            args.fold,
+            image_transform(args.image_size),
+            args.label_columns,
+            min_size=args.image_size,
         )
         num_labels = len(dataset.label_names)
         if args.num_classes not in (_NUM_CLASSES_DEFAULT, num_labels):

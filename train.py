@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import logging
+import logging.handlers
 import math
 import os
-import random
 import time
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -29,12 +29,14 @@ from data.latents import LatentDataset
 from data.transforms import image_transform, to_uint8
 from diffusion import create_diffusion
 from infra import rng
-from infra.atomic_io import atomic_save_grid, atomic_write, atomic_write_text
-from infra.checkpoint import find_model, load_checkpoint, save_checkpoint
+from infra.argtypes import image_size_flag
+from infra.atomic_io import atomic_save_grid, atomic_write, atomic_write_text, remove_stale_temps
+from infra.checkpoint import find_model, load_checkpoint, non_finite_entries, save_checkpoint
 from infra.distributed import all_gather_objects, unwrap_model
 from infra.logs import create_logger
 from infra.naming import experiment_dir
-from infra.seeding import rank_seed, seed_everything
+from infra.precision import add_tf32_flag, set_tf32
+from infra.seeding import global_rng_state, isolated_global_rng, rank_seed, seed_everything, set_global_rng_state
 from infra.tracker import Tracker
 from models import DiT_models
 
@@ -78,37 +80,6 @@ def epoch_batches(
     ]
 
 
-def rng_state() -> dict:
-    """This process's Python, NumPy and torch RNG states in a form `torch.load(weights_only=True)` accepts."""
-    np_state = np.random.get_state()
-    state = {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` saved."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def append_metrics(path: Path, row: dict) -> None:
     """Append one row to metrics.csv (header written on first use)."""
     new = not path.exists()
@@ -119,14 +90,219 @@ def append_metrics(path: Path, row: dict) -> None:
         writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows logged after the checkpoint a run resumes from, so the curve has no duplicate steps."""
+def truncate_metrics(path: Path, last_step: int, drop_kid_at_last_step: bool = False) -> None:
+    """Drop rows logged after the checkpoint a run resumes from, so the curve has no duplicate steps.
+
+    A last line that a killed run left half written is dropped too. With `drop_kid_at_last_step`, so is the KID row
+    at `last_step`: the checkpoint preceded that validation, which the resumed run redoes.
+    """
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
-    lines = [",".join(METRIC_FIELDS)] + [",".join(r.get(k, "") or "" for k in METRIC_FIELDS) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    kept = []
+    for row in csv.DictReader(lines):
+        try:
+            step = int(row["step"])
+        except (TypeError, ValueError):
+            continue
+        if step > last_step or (drop_kid_at_last_step and step == last_step and row.get("kid_mean")):
+            continue
+        kept.append(row)
+    out = [",".join(METRIC_FIELDS)] + [",".join(r.get(k, "") or "" for k in METRIC_FIELDS) for r in kept]
+    atomic_write_text(path, "\n".join(out) + "\n")
+
+
+# Entries a checkpoint needs to resume a run (best_ckpt.pt, in the reference layout, lacks the position and RNG).
+RESUME_KEYS = ("model", "ema", "opt", "args", "train_steps", "epoch", "batches_done", "best_kid", "rng")
+# Flags a resumed run cannot change, and what they fix: the network, what it learns, or the data and its order.
+RESUME_FIXED = {
+    "model": "the network",
+    "num_classes": "the network",
+    "in_channels": "the network",
+    "image_size": "the network's input",
+    "image_space": "the network's input",
+    "diffusion_steps": "the training objective",
+    "global_seed": "the data order and random streams",
+    "global_batch_size": "the position in the data order",
+    "fold": "the training data",
+    "dataset": "the labels",
+    "label_columns": "the labels",
+}
+# Flags that define the validation rule: after a change, the checkpoint's best KID is no longer comparable.
+VALIDATION_RULE_FLAGS = (
+    "val_mode",
+    "val_samples",
+    "cfg_scale",
+    "num_sampling_steps",
+    "ghg",
+    "inception_weights",
+    "vae",
+    "data_path",
+)
+# Flags a resumed run does not use, and why.
+RESUME_UNUSED = {
+    "results_dir": "a resumed run continues in the checkpoint's experiment folder",
+    "load_from": "a resumed run takes its weights from the checkpoint",
+}
+# The largest --lr accepted: AdamW moves every weight by about lr per step, so lr >= 1 only destroys the network
+# (the reference trains at 1e-4).
+MAX_LR = 1.0
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject flag values that cannot work or are absurd, naming the flag, before any set-up.
+
+    Raises:
+        ValueError: the first bad flag.
+    """
+    if args.multi_scale:
+        raise ValueError(
+            "--multi_scale is not supported (docs/DECISIONS.md §C2.10): the reference's multi-scale path is "
+            "experimental, unused by the reported results and broken"
+        )
+    if args.diffusion_steps <= 20:
+        raise ValueError(
+            f"--diffusion-steps {args.diffusion_steps} is too short: the linear schedule scaled to "
+            "1000/T reaches beta = 1 at T = 20"
+        )
+    if not (math.isfinite(args.lr) and 0 < args.lr <= MAX_LR):
+        raise ValueError(
+            f"--lr must be a finite number in (0, {MAX_LR:g}], got {args.lr}: AdamW moves every weight by about lr "
+            "per step (the reference trains at 1e-4)"
+        )
+    if not 0.0 <= args.ema_decay < 1.0:  # also rejects NaN
+        raise ValueError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 1.0):
+        raise ValueError(f"--cfg-scale must be a finite number >= 1, got {args.cfg_scale}")
+    if args.image_size < 8 or args.image_size % 8 != 0:
+        raise ValueError(
+            f"--image-size {args.image_size} must be a positive multiple of 8: the VAE downsamples by 8, and the "
+            "sampling scripts accept only such sizes"
+        )
+    if args.image_space and args.in_channels != 3:
+        raise ValueError(f"--image_space trains on RGB pixels: --in_channels must be 3, got {args.in_channels}")
+    for flag, value, low in (
+        ("--global-batch-size", args.global_batch_size, 1),
+        ("--epochs", args.epochs, 1),
+        ("--ckpt-every", args.ckpt_every, 1),
+        ("--log-every", args.log_every, 1),
+        ("--validate_every", args.validate_every, 0),
+        ("--num-workers", args.num_workers, 0),
+        ("--nca-checkpoint", args.nca_checkpoint, 0),
+        ("--max-steps", 1 if args.max_steps is None else args.max_steps, 1),
+    ):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.validate_every > 0 and args.val_samples < 2:
+        raise ValueError(f"--val_samples must be >= 2 (KID compares sets of samples), got {args.val_samples}")
+    if (
+        args.validate_every > 0
+        and args.val_mode == "final"
+        and not 1 <= args.num_sampling_steps <= args.diffusion_steps
+    ):
+        raise ValueError(
+            f"--num-sampling-steps must be in [1, --diffusion-steps {args.diffusion_steps}], got "
+            f"{args.num_sampling_steps}"
+        )
+
+
+def check_input_size(args: argparse.Namespace, multiple: int) -> None:
+    """Reject an `--image-size` whose network input side (pixels, or latents = size / 8) the model cannot take.
+
+    Args:
+        args: the flags (`--image-size`, `--image_space`, `--model`).
+        multiple: the model's `input_multiple` (DiT: its patch side; UNet: its total down-sampling; GeCA: 1).
+    """
+    side = args.image_size if args.image_space else args.image_size // 8
+    if side % multiple != 0:
+        step = multiple if args.image_space else 8 * multiple
+        what = "pixel" if args.image_space else "latent (--image-size / 8)"
+        raise ValueError(
+            f"--image-size {args.image_size} gives a {what} side of {side}, which --model {args.model} cannot take: "
+            f"it needs a multiple of {multiple}; use a multiple of {step} for --image-size"
+        )
+
+
+def _flag_names() -> dict[str, str]:
+    """argparse destination -> the flag as spelled on the command line (e.g. image_space -> --image_space)."""
+    return {a.dest: a.option_strings[0] for a in build_parser()._actions if a.option_strings}
+
+
+def reconcile_resume_args(
+    saved: argparse.Namespace, args: argparse.Namespace, resume_path: Path
+) -> tuple[list[str], bool]:
+    """Compare this run's flags with those the checkpoint was written with: refuse, or apply and report each change.
+
+    Nothing is silently ignored: a flag in RESUME_FIXED that differs is refused; one in RESUME_UNUSED is reported as
+    not used; every other change applies from the first resumed step and is reported (the optimiser's saved
+    learning rate is replaced by `--lr`).
+
+    Args:
+        saved: the checkpoint's `args`.
+        args: this run's flags.
+        resume_path: the checkpoint, for messages.
+
+    Returns:
+        One message per change, to be logged, and whether the validation rule changed (then the checkpoint's best
+        KID is not comparable and the next validation starts a new best).
+
+    Raises:
+        ValueError: naming every refused flag with both values.
+    """
+    old, new, names = vars(saved), vars(args), _flag_names()
+    refused, notes, rule_changed, unrecorded = [], [], False, []
+    for key in sorted(set(new) - {"resume"}):
+        flag = names.get(key, f"--{key}")
+        if key not in old:
+            unrecorded.append(flag)
+            continue
+        if old[key] == new[key]:
+            continue
+        change = f"{flag} {old[key]!r} -> {new[key]!r}"
+        if key in RESUME_FIXED:
+            refused.append(f"{change} (it fixes {RESUME_FIXED[key]})")
+        elif key in RESUME_UNUSED:
+            notes.append(f"{flag} {new[key]!r} is not used: {RESUME_UNUSED[key]}")
+        else:
+            notes.append(f"{change}: applied from the first resumed step")
+            rule_changed |= key in VALIDATION_RULE_FLAGS
+    if refused:
+        raise ValueError(
+            f"--resume {resume_path}: these flags differ from the checkpoint's and cannot change in a resumed run: "
+            + "; ".join(refused)
+            + ". Pass the checkpoint's values or start a new run."
+        )
+    if unrecorded:
+        notes.append(
+            f"{', '.join(unrecorded)}: not recorded in the checkpoint (older train.py); this run's values apply"
+        )
+    if rule_changed:
+        notes.append(
+            "the validation rule changed: the checkpoint's best KID is not comparable; the next validation "
+            "starts a new best_ckpt.pt"
+        )
+    return notes, rule_changed
+
+
+def resume_hint(newest: tuple[Path, int] | None, ckpt_every: int) -> str:
+    """The sentence a stopped run ends with: the newest finite resumable checkpoint that exists, or that none does."""
+    if newest is None:
+        return f"No checkpoint has been written yet (--ckpt-every {ckpt_every}): there is nothing to resume."
+    path, step = newest
+    return (
+        f"The newest finite checkpoint is {path} (step {step}); --resume {path} continues from it "
+        "(a smaller --lr may avoid the failure)."
+    )
+
+
+def replay_into_log_file(records: list[logging.LogRecord], logger: logging.Logger) -> None:
+    """Write records already shown on the console into the logger's log.txt (set up after they were emitted)."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            for record in records:
+                handler.handle(record)
 
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> None:
@@ -158,7 +334,13 @@ def build_image_dataset(args: argparse.Namespace, split: str, transform) -> tupl
 
     kind = pick_dataset(args.data_path, args.dataset)
     ds = build_dataset(
-        kind, args.data_path, split=split, fold=args.fold, transform=transform, label_columns=args.label_columns
+        kind,
+        args.data_path,
+        split=split,
+        fold=args.fold,
+        transform=transform,
+        label_columns=args.label_columns,
+        min_size=args.image_size,  # every image file is checked (and must not be smaller than the crop) up front
     )
     return ds, list(label_names_for(kind, args.label_columns))
 
@@ -183,23 +365,8 @@ def load_validation_batch(args: argparse.Namespace, seed: int) -> tuple[torch.Te
 
 def main(args: argparse.Namespace) -> Path:
     """Train, validate and checkpoint; returns the experiment folder."""
-    # Reject what cannot work before any set-up.
-    if args.multi_scale:
-        raise ValueError(
-            "--multi_scale is not supported (SPEC C2.10): the reference's multi-scale path is "
-            "experimental, unused by the reported results and broken"
-        )
-    if args.diffusion_steps <= 20:
-        raise ValueError(
-            f"--diffusion-steps {args.diffusion_steps} is too short: the linear schedule scaled to "
-            "1000/T reaches beta = 1 at T = 20"
-        )
-    if args.val_mode == "final" and args.cfg_scale < 1.0:
-        raise ValueError(f"--cfg-scale must be >= 1, got {args.cfg_scale}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
-    if not 0.0 <= args.ema_decay < 1.0:
-        raise ValueError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    # Reject impossible or absurd flags before any set-up.
+    check_args(args)
 
     # Accelerate: CPU (gloo) when CUDA is absent; the launcher's mixed precision wins over --mixed-precision.
     from accelerate import Accelerator
@@ -209,40 +376,32 @@ def main(args: argparse.Namespace) -> Path:
         cpu=not torch.cuda.is_available(), mixed_precision=None if launcher_precision else args.mixed_precision
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if device.type == "cuda" and args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    set_tf32(args.tf32)
     if args.global_batch_size % world != 0:
         raise ValueError(f"--global-batch-size {args.global_batch_size} is not divisible by {world} processes")
     per_rank_batch = args.global_batch_size // world
 
-    # Experiment folder (rank 0 creates it; resume reuses the checkpoint's folder).
-    resume_path = None
+    # Until every input is checked there is no experiment folder (a run that fails its checks leaves none behind):
+    # messages go to the console and are kept, then replayed into log.txt once the folder exists.
+    logger = create_logger("train", None, rank)
+    early_records = logging.handlers.BufferingHandler(capacity=100_000)
+    logger.addHandler(early_records)
+
+    # The checkpoint to resume, and what changed since it was written (refused, or applied and logged).
+    resume_path, ckpt, resume_notes, validation_rule_changed = None, None, [], False
     if args.resume:
         resume_path = Path(args.resume)
         if resume_path.is_dir():
             resume_path = resume_path / "checkpoints" / "last.pt"
         if not resume_path.is_file():
             raise FileNotFoundError(f"--resume {args.resume}: no checkpoint at {resume_path}")
-        exp_dir = resume_path.parent.parent
-    else:
-        exp_dir = experiment_dir(args.results_dir, args.model, args.fold) if accelerator.is_main_process else None
-        exp_dir = all_gather_objects(exp_dir)[0] if world > 1 else exp_dir
-    ckpt_dir = exp_dir / "checkpoints"
-    if accelerator.is_main_process:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / "samples").mkdir(exist_ok=True)
-    accelerator.wait_for_everyone()
-    logger = create_logger("train", exp_dir if accelerator.is_main_process else None, rank)
-    logger.info(
-        f"Experiment directory {exp_dir}; device {device}, {world} process(es), "
-        f"mixed precision {accelerator.mixed_precision}"
-    )
+        ckpt = load_checkpoint(resume_path, RESUME_KEYS, "a resumable checkpoints/last.pt written by train.py")
+        resume_notes, validation_rule_changed = reconcile_resume_args(ckpt["args"], args, resume_path)
 
     # Seed every rank (SPEC C2.4).
     seed_everything(rank_seed(args.global_seed, world, rank))
 
-    # Data: validate everything before building the model.
+    # Data: every training and validation input is checked before the model is built.
     if args.image_space:
         latent_size = args.image_size
         train_set, names = build_image_dataset(args, "train", image_transform(args.image_size))
@@ -251,8 +410,6 @@ def main(args: argparse.Namespace) -> Path:
                 f"--data-path {args.data_path} has {len(names)} labels, --num-classes is {args.num_classes}"
             )
     else:
-        if args.image_size % 8 != 0:
-            raise ValueError(f"--image-size {args.image_size} must be a multiple of 8 (the VAE downsamples by 8)")
         latent_size = args.image_size // 8
         train_set = LatentDataset(args.feature_path, args.fold, cache=args.cache)
         train_set.check_shapes((args.in_channels, latent_size, latent_size), args.num_classes)
@@ -261,17 +418,27 @@ def main(args: argparse.Namespace) -> Path:
             f"fold {args.fold} has {len(train_set)} training items, fewer than --global-batch-size "
             f"{args.global_batch_size} (batches drop the remainder)"
         )
+    real_batch = None
+    if args.validate_every > 0:
+        with isolated_global_rng():
+            real_batch = load_validation_batch(args, args.global_seed)
     logger.info(f"Dataset contains {len(train_set):,} items ({'images' if args.image_space else 'latents'})")
 
     # Model, EMA, optimiser, diffusion.
     model = DiT_models[args.model](input_size=latent_size, num_classes=args.num_classes, in_channels=args.in_channels)
+    check_input_size(args, model.input_multiple)
     if args.nca_checkpoint:
         if not getattr(model, "is_cellular", False):
             raise ValueError(f"--nca-checkpoint applies to cellular models (GeCA), not --model {args.model}")
         model.nca_checkpoint = args.nca_checkpoint
     if args.load_from and os.path.exists(args.load_from):
-        model.load_state_dict(find_model(os.path.join(args.load_from, "best_ckpt.pt")))
-        logger.info(f"Initialised from {args.load_from}/best_ckpt.pt")
+        if resume_path is None:
+            model.load_state_dict(find_model(os.path.join(args.load_from, "best_ckpt.pt")))
+            logger.info(f"Initialised from {args.load_from}/best_ckpt.pt")
+        else:
+            logger.info(
+                f"--load_from {args.load_from} is not used: a resumed run takes its weights from the checkpoint"
+            )
     ema = copy.deepcopy(model).to(device)
     ema.requires_grad_(False)
     ema.eval()
@@ -279,21 +446,52 @@ def main(args: argparse.Namespace) -> Path:
     diffusion = create_diffusion(timestep_respacing="", diffusion_steps=args.diffusion_steps)
     logger.info(f"{args.model} parameters: {sum(p.numel() for p in model.parameters()):,}")
 
+    # Validation set-up: fixed real batch and its Inception features, VAE for decoding. Loading those networks
+    # draws random numbers (layers are initialised before their weights are loaded); isolated, so that a resumed
+    # run's random streams match an uninterrupted run's.
+    validator = None
+    if real_batch is not None:
+        with isolated_global_rng():
+            validator = Validator(args, accelerator, model, ema, latent_size, logger, real_batch)
+
+    # Experiment folder (rank 0 creates it; resume reuses the checkpoint's folder), cleared of the temporary files
+    # of writes a killed run left behind.
+    if resume_path is not None:
+        exp_dir = resume_path.parent.parent
+    else:
+        exp_dir = experiment_dir(args.results_dir, args.model, args.fold) if accelerator.is_main_process else None
+        exp_dir = all_gather_objects(exp_dir)[0] if world > 1 else exp_dir
+    ckpt_dir = exp_dir / "checkpoints"
+    if accelerator.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / "samples").mkdir(exist_ok=True)
+        stale = remove_stale_temps(exp_dir)
+    else:
+        stale = []
+    accelerator.wait_for_everyone()
+    logger = create_logger("train", exp_dir if accelerator.is_main_process else None, rank)
+    replay_into_log_file(early_records.buffer, logger)
+    logger.info(
+        f"Experiment directory {exp_dir}; device {device}, {world} process(es), "
+        f"mixed precision {accelerator.mixed_precision}"
+    )
+    if accelerator.is_main_process and stale:
+        logger.info(f"Removed {len(stale)} temporary file(s) of interrupted writes: {[str(p) for p in stale[:5]]}")
+
     train_steps, start_epoch, skip_batches, best_kid = 0, 0, 0, float("inf")
+    newest_last: tuple[Path, int] | None = None  # the newest resumable checkpoint that exists, and its step
     saved_rng = None
     if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
-        for key in ("model", "num_classes", "in_channels", "image_size", "image_space"):
-            if getattr(ckpt["args"], key) != getattr(args, key):
-                raise ValueError(
-                    f"--resume {resume_path}: checkpoint has --{key} {getattr(ckpt['args'], key)}, "
-                    f"this run has {getattr(args, key)}"
-                )
+        for note in resume_notes:
+            logger.info(f"--resume: {note}")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
+        for group in opt.param_groups:
+            group["lr"] = args.lr  # the optimiser state carries the old rate; --lr applies (logged above if changed)
         train_steps, start_epoch, skip_batches = ckpt["train_steps"], ckpt["epoch"], ckpt["batches_done"]
-        best_kid = ckpt["best_kid"]
+        best_kid = float("inf") if validation_rule_changed else ckpt["best_kid"]
+        newest_last = (resume_path, train_steps)
         ranks_rng = ckpt["rng"]
         if len(ranks_rng) == world:
             saved_rng = ranks_rng[rank]
@@ -302,8 +500,10 @@ def main(args: argparse.Namespace) -> Path:
                 f"checkpoint was written by {len(ranks_rng)} processes, this run has {world}: "
                 "random streams restart from --global-seed"
             )
+        # A checkpoint written at the end of an epoch precedes that epoch's validation, which is redone.
+        redo_validation = skip_batches >= len(train_set) // args.global_batch_size
         if accelerator.is_main_process:
-            truncate_metrics(exp_dir / "metrics.csv", train_steps)
+            truncate_metrics(exp_dir / "metrics.csv", train_steps, drop_kid_at_last_step=redo_validation)
         logger.info(f"Resumed from {resume_path} at step {train_steps} (epoch {start_epoch}, batch {skip_batches})")
 
     model, opt = accelerator.prepare(model, opt)
@@ -314,15 +514,24 @@ def main(args: argparse.Namespace) -> Path:
     if resume_path is not None and accelerator.scaler is not None and ckpt.get("scaler"):
         accelerator.scaler.load_state_dict(ckpt["scaler"])
     if saved_rng is not None:
-        set_rng_state(saved_rng)
-    net = unwrap_model(model)
-
-    # Validation set-up: fixed real batch and its Inception features, VAE for decoding.
-    validator = Validator(args, accelerator, net, ema, latent_size, logger) if args.validate_every > 0 else None
+        set_global_rng_state(saved_rng)
     tracker = Tracker(args.wandb and accelerator.is_main_process, "Fast-DiT", vars(args), logger)
 
+    def require_finite(what: str) -> None:
+        """Stop (every rank alike: the states are replicated) before a non-finite state reaches a checkpoint."""
+        bad = non_finite_entries(
+            {"model": unwrap_model(model).state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
+        )
+        if bad:
+            raise FloatingPointError(
+                f"non-finite values in {', '.join(bad[:3])} at step {train_steps}; {what} is not written. "
+                + resume_hint(newest_last, args.ckpt_every)
+            )
+
     def save_last(epoch: int, batches_done: int) -> None:
-        states = all_gather_objects(rng_state())
+        nonlocal newest_last
+        require_finite(f"{ckpt_dir / 'last.pt'}")
+        states = all_gather_objects(global_rng_state())
         if accelerator.is_main_process:
             save_checkpoint(
                 ckpt_dir / "last.pt",
@@ -339,6 +548,7 @@ def main(args: argparse.Namespace) -> Path:
                     "rng": states,
                 },
             )
+        newest_last = (ckpt_dir / "last.pt", train_steps)
         accelerator.wait_for_everyone()
 
     # Training loop.
@@ -375,12 +585,13 @@ def main(args: argparse.Namespace) -> Path:
                 x, y = x.squeeze(1), y.squeeze(1)  # (B, 1, C, h, w) -> (B, C, h, w); (B, 1, K) -> (B, K)
             y = y.reshape(y.shape[0], -1).float()
             t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=device)
-            with accelerator.autocast():
-                loss = diffusion.training_losses(model, x, t, {"y": y})["loss"].mean()
+            # Autocast covers the model's forward only (accelerator.prepare wraps it and returns float32 outputs);
+            # the loss is computed in float32 outside it, as the reference does.
+            loss = diffusion.training_losses(model, x, t, {"y": y})["loss"].mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"non-finite training loss {loss.item()} at step {train_steps} (epoch {epoch}); stopping. "
-                    f"The last good checkpoint is {ckpt_dir / 'last.pt'}"
+                    f"non-finite training loss {loss.item()} at step {train_steps + 1} (epoch {epoch}); stopping. "
+                    + resume_hint(newest_last, args.ckpt_every)
                 )
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -421,47 +632,47 @@ def main(args: argparse.Namespace) -> Path:
                 logger.info(f"Saved {ckpt_dir / 'last.pt'} at step {train_steps}")
             if train_steps >= max_steps:
                 break
-        else:
-            if validator is not None and epoch % args.validate_every == 0:
-                model.eval()
+        if batches_done < len(batches):
+            break  # --max-steps ended the run inside this epoch; last.pt resumes at this batch
+        # The epoch is complete (also when --max-steps ends the run exactly here): validate, then move on.
+        if validator is not None and epoch % args.validate_every == 0:
+            model.eval()
+            with isolated_global_rng():  # validation never moves the training's random streams
                 kid_mean, kid_std, grid = validator.run(ema, train_steps)
-                model.train()
+            model.train()
+            if accelerator.is_main_process:
+                logger.info(
+                    f"(step={train_steps:07d}, epoch={epoch}) KID mean: {kid_mean:.6f}, "
+                    f"KID std: {kid_std:.6f} ({args.val_mode} rule)"
+                )
+                append_metrics(
+                    exp_dir / "metrics.csv",
+                    {
+                        "step": train_steps,
+                        "epoch": epoch,
+                        "kid_mean": f"{kid_mean:.8f}",
+                        "kid_std": f"{kid_std:.8f}",
+                    },
+                )
+                atomic_save_grid(grid, exp_dir / "samples" / f"val_{train_steps:07d}.png")
+                tracker.log({"KID mean": kid_mean, "KID std": kid_std}, step=train_steps)
+            if kid_mean < best_kid:
+                require_finite(f"{ckpt_dir / 'best_ckpt.pt'}")
+                best_kid = kid_mean
                 if accelerator.is_main_process:
-                    logger.info(
-                        f"(step={train_steps:07d}, epoch={epoch}) KID mean: {kid_mean:.6f}, "
-                        f"KID std: {kid_std:.6f} ({args.val_mode} rule)"
-                    )
-                    append_metrics(
-                        exp_dir / "metrics.csv",
+                    save_checkpoint(
+                        ckpt_dir / "best_ckpt.pt",
                         {
-                            "step": train_steps,
-                            "epoch": epoch,
-                            "kid_mean": f"{kid_mean:.8f}",
-                            "kid_std": f"{kid_std:.8f}",
+                            "model": unwrap_model(model).state_dict(),
+                            "ema": ema.state_dict(),
+                            "opt": opt.state_dict(),
+                            "args": args,
                         },
                     )
-                    atomic_save_grid(grid, exp_dir / "samples" / f"val_{train_steps:07d}.png")
-                    tracker.log({"KID mean": kid_mean, "KID std": kid_std}, step=train_steps)
-                if kid_mean < best_kid:
-                    best_kid = kid_mean
-                    if accelerator.is_main_process:
-                        save_checkpoint(
-                            ckpt_dir / "best_ckpt.pt",
-                            {
-                                "model": unwrap_model(model).state_dict(),
-                                "ema": ema.state_dict(),
-                                "opt": opt.state_dict(),
-                                "args": args,
-                            },
-                        )
-                        logger.info(f"Saved checkpoint to {ckpt_dir / 'best_ckpt.pt'}")
-                        tracker.log_image(
-                            "examples", grid.permute(0, 2, 3, 1).numpy()[0], caption="Hey", step=train_steps
-                        )
-                    accelerator.wait_for_everyone()
-            epoch, batches_done = epoch + 1, 0  # position after a finished epoch, for last.pt
-            continue
-        break
+                    logger.info(f"Saved checkpoint to {ckpt_dir / 'best_ckpt.pt'}")
+                    tracker.log_image("examples", grid.permute(0, 2, 3, 1).numpy()[0], caption="Hey", step=train_steps)
+                accelerator.wait_for_everyone()
+        epoch, batches_done = epoch + 1, 0  # position after a finished epoch, for last.pt
     pbar.close()
 
     save_last(epoch, batches_done)
@@ -489,12 +700,24 @@ class Validator:
         ema: torch.nn.Module,
         latent_size: int,
         logger,
+        real_batch: tuple[torch.Tensor, torch.Tensor],
     ) -> None:
+        """Load the feature network (and VAE) and measure the real batch.
+
+        Args:
+            args: the training flags.
+            accelerator: the run's Accelerator (device, ranks).
+            net: the bare online network (legacy rule).
+            ema: the EMA network (final rule).
+            latent_size: the network's input side.
+            logger: the run's logger.
+            real_batch: `load_validation_batch`'s (N, 3, H, W) images in [-1, 1] and (N, K) labels.
+        """
         from metrics.inception import load_inception
 
         self.args, self.accelerator, self.net, self.latent_size = args, accelerator, net, latent_size
         self.device = accelerator.device
-        real, self.real_labels = load_validation_batch(args, args.global_seed)
+        real, self.real_labels = real_batch
         self.real_u8 = to_uint8(real)
         self.inception = load_inception(args.inception_weights, self.device)
         self.real_feats = self._features(self.real_u8)
@@ -559,10 +782,17 @@ class Validator:
             z = torch.cat([z, z])
             kwargs = {"y": torch.cat([y, torch.zeros_like(y)]), "cfg_scale": args.cfg_scale}
             fn = model.forward_with_cfg
-        if getattr(model, "is_cellular", False):
+        if args.ghg and getattr(model, "is_cellular", False):
             kwargs["extras"] = model.seed(z, generator=gens)
         samples = self.diffusion.p_sample_loop(
-            fn, z.shape, noise=z, clip_denoised=False, model_kwargs=kwargs, device=self.device, generator=gens
+            fn,
+            z.shape,
+            noise=z,
+            clip_denoised=False,
+            model_kwargs=kwargs,
+            device=self.device,
+            generator=gens,
+            inherit_state=args.ghg,
         )
         if use_cfg:
             samples = samples[:n]
@@ -588,7 +818,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="if this folder exists, initialise from {load_from}/best_ckpt.pt (its EMA weights)",
     )
     p.add_argument("--model", type=str, choices=list(DiT_models.keys()), default="DiT-XL/2", help="registry key")
-    p.add_argument("--image-size", type=int, default=256, help="image side in pixels (latent side = size // 8)")
+    p.add_argument(
+        "--image-size",
+        type=image_size_flag,
+        default=256,
+        help="image side in pixels, a multiple of 8 (latent side = size // 8) that the model's patches divide",
+    )
     p.add_argument("--num-classes", type=int, default=1000, help="label vector length (OCT 11, RetinaMNIST 5)")
     p.add_argument("--epochs", type=int, default=1400, help="number of passes over the training set")
     p.add_argument("--global-batch-size", type=int, default=256, help="batch over all processes")
@@ -626,6 +861,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale of --val-mode final")
     p.add_argument("--num-sampling-steps", type=int, default=250, help="respaced steps of --val-mode final")
     p.add_argument(
+        "--ghg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GeCA validation sampling: Gene Heredity Guidance (default, reference); --no-ghg starts every step "
+        "from a fresh seed cell as in training. No effect on non-cellular models",
+    )
+    p.add_argument(
         "--diffusion-steps",
         type=int,
         default=1000,
@@ -638,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="no",
         help="autocast for plain runs; an accelerate launcher's --mixed_precision takes precedence",
     )
-    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="allow TF32 on CUDA")
+    add_tf32_flag(p)
     p.add_argument("--wandb", action="store_true", help="log to wandb (project Fast-DiT) when installed")
     p.add_argument(
         "--dataset",

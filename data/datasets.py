@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from data.images import open_rgb
 from data.labels import OCT_LABELS, RETINAMNIST_LABELS, TNBC_LABELS
 from data.validate import validate_fold_csv
 
@@ -31,7 +31,8 @@ class FoldCSVDataset(Dataset):
     """Multi-label images listed in `{root}/{mode}_{fold}.csv` (the reference's `TNBCDataset`, SPEC 2.1).
 
     The CSV's first column is the index, `filename` is relative to `root`, and each label column holds 0/1.
-    The file and its images are checked on construction (data/validate.py).
+    The file and its images are checked on construction (data/validate.py), so a bad file fails before any model is
+    built, naming the CSV line; images are read as 8-bit RGB by data/images.py (16-bit greyscale scaled, not clipped).
 
     Args:
         root: dataset root.
@@ -39,7 +40,8 @@ class FoldCSVDataset(Dataset):
         fold: fold number.
         label_names: the K label columns, in order (OCT's 11 by default).
         transform: applied to the RGB PIL image; None returns the PIL image.
-        image_check: "none", "exists" (default) or "verify" (see data/validate.py).
+        image_check: one of data.validate.IMAGE_CHECKS; "verify" (default) opens and integrity-checks every file.
+        min_size: smallest allowed shorter image side (the crop size the transform takes), or None.
     """
 
     def __init__(
@@ -49,13 +51,14 @@ class FoldCSVDataset(Dataset):
         fold: int = 0,
         label_names: Sequence[str] = OCT_LABELS,
         transform: Callable | None = None,
-        image_check: str = "exists",
+        image_check: str = "verify",
+        min_size: int | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root is not a folder: {self.root}")
         self.csv_path = fold_csv_path(root, mode, fold)
-        frame, self.labels = validate_fold_csv(self.csv_path, self.root, label_names, image_check)
+        frame, self.labels = validate_fold_csv(self.csv_path, self.root, label_names, image_check, min_size)
         self.filenames: list[str] = frame["filename"].astype(str).tolist()
         self.label_names = tuple(label_names)
         self.transform = transform
@@ -64,8 +67,13 @@ class FoldCSVDataset(Dataset):
         return len(self.filenames)
 
     def __getitem__(self, index: int) -> tuple[object, torch.Tensor]:
-        with Image.open(self.root / self.filenames[index]) as img:
-            image = img.convert("RGB")
+        try:
+            image = open_rgb(self.root / self.filenames[index])
+        except Exception as err:  # a file changed or damaged after the up-front check: say which row it is
+            raise ValueError(
+                f"{self.csv_path}: line {index + 2} ({self.filenames[index]}) cannot be read as an image: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.from_numpy(self.labels[index].copy())
@@ -152,7 +160,8 @@ def build_dataset(
     fold: int = 0,
     transform: Callable | None = None,
     label_columns: Sequence[str] | None = None,
-    image_check: str = "exists",
+    image_check: str = "verify",
+    min_size: int | None = None,
 ) -> FoldCSVDataset | RetinaMNISTDataset:
     """The dataset of one split, for a kind chosen by data.select.pick_dataset.
 
@@ -163,9 +172,10 @@ def build_dataset(
         fold: fold number (CSV kinds only; RetinaMNIST has fixed splits).
         transform: applied to each RGB PIL image.
         label_columns: label columns of a "csv" dataset.
-        image_check: image-file check of CSV kinds ("none", "exists", "verify").
+        image_check: image-file check of CSV kinds (data.validate.IMAGE_CHECKS).
+        min_size: smallest allowed shorter image side of CSV kinds (the crop size), or None.
     """
     names = label_names_for(kind, label_columns)
     if kind == "retinamnist":
         return RetinaMNISTDataset(root, split, transform)
-    return FoldCSVDataset(root, split, fold, names, transform, image_check)
+    return FoldCSVDataset(root, split, fold, names, transform, image_check, min_size)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+# `atomic_write` names its temporary file `.{target name}.{8 random characters}.tmp` (tempfile.mkstemp's alphabet).
+_TEMP_PREFIX, _TEMP_SUFFIX = ".", ".tmp"
+_TEMP_NAME = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -20,7 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         # mkstemp creates 0600 files; give the result the permissions a plain open() would (0666 minus umask).
         umask = os.umask(0)
@@ -35,6 +40,44 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def temp_file_target(path: str | Path) -> str | None:
+    """The name of the file an `atomic_write` temporary file (`.NAME.XXXXXXXX.tmp`) was to become, or None."""
+    match = _TEMP_NAME.match(Path(path).name)
+    return match.group(1) if match else None
+
+
+def remove_stale_temps(
+    folder: str | Path, recursive: bool = True, targets: Collection[str] | None = None
+) -> list[Path]:
+    """Delete the temporary files that writes killed mid-way (kill -9, power loss) left in `folder`.
+
+    `atomic_write` removes its temporary file when it fails with an exception, but a killed process cannot, and the
+    file (as large as a checkpoint) would stay forever. A script calls this at start for its output folders, on one
+    rank and before any write of its own: a temporary file of a write that is still running must not be removed.
+
+    Args:
+        folder: the output folder; a missing folder holds nothing to remove.
+        recursive: also clean every sub-folder.
+        targets: only remove temporary files of these target names (for a folder other writers share).
+
+    Returns:
+        The removed files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for parent, _, names in walk:
+        for name in names:
+            target = temp_file_target(name)
+            path = Path(parent) / name
+            if target is not None and (targets is None or target in targets) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from data.images import to_rgb
 from data.transforms import center_crop_arr
 from infra.atomic_io import atomic_write
 
@@ -80,7 +81,7 @@ class ImageFiles:
 
     def __call__(self, index: int) -> Image.Image:
         with Image.open(self.paths[index]) as img:
-            rgb = img.convert("RGB")
+            rgb = to_rgb(img)  # 16-bit greyscale scaled to 8 bits, not clipped (data/images.py)
         return rgb if self.image_size is None else center_crop_arr(rgb, self.image_size)
 
 

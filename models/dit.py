@@ -121,6 +121,7 @@ class DiT(GuidedDenoiser, nn.Module):
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels
         self.patch_size = patch_size
+        self.input_multiple = patch_size  # the input side must be a whole number of patches
         self.grad_checkpoint = grad_checkpoint
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)

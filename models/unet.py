@@ -50,6 +50,8 @@ class LDM(GuidedDenoiser, nn.Module):
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels
         self.class_dropout_prob = class_dropout_prob
+        # Every down block but the last halves the grid; the up path must meet the skip connections exactly.
+        self.input_multiple = 2 ** (len(down_block_types) - 1)
         self.unet = UNet2DModel(
             sample_size=input_size,
             in_channels=in_channels,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ import train
 from data.select import build_dataset
 from data.transforms import image_transform
 from data.vae import encode_latents, load_vae
-from infra.checkpoint import find_model, load_checkpoint
+from infra.checkpoint import find_model, load_checkpoint, non_finite_entries, save_checkpoint
 from models import DiT_models
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
 
@@ -140,20 +142,118 @@ def test_legacy_validation_with_real_inception(workspace, tmp_path):
     assert len(kid_rows) == 1 and np.isfinite(float(kid_rows[0].split(",")[5]))
 
 
-def test_resume_is_exact(workspace, tmp_path):
-    common = ["--epochs", "3", "--validate_every", "0", "--ckpt-every", "2"]
-    straight = run_train(base_args(workspace, tmp_path / "a", *common, "--max-steps", "4"))
-    first = run_train(base_args(workspace, tmp_path / "b", *common, "--max-steps", "2"))
-    resumed = run_train(base_args(workspace, tmp_path / "b", *common, "--max-steps", "4", "--resume", str(first)))
+class SeededProjectionFeatures(torch.nn.Module):
+    """Stand-in KID feature network: pooled colours through a fixed random projection (uint8 images -> 32 features).
+
+    Building it draws from the global torch stream, as loading Inception does (its layers are initialised randomly
+    before the weights are loaded); that draw is what made resumed runs with validation drift (issue 13).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(48, 32)  # default initialisation: draws from the global stream
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(32, 48, generator=torch.Generator().manual_seed(1234)))
+            self.proj.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x.float() / 255.0, 4).flatten(1))
+
+
+@pytest.fixture
+def seeded_features(monkeypatch):
+    import metrics.inception
+
+    monkeypatch.setattr(
+        metrics.inception, "load_inception", lambda weights=None, device="cpu": SeededProjectionFeatures()
+    )
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    """Bit-for-bit equality of nested checkpoint contents (tensors: same dtype, shape and every bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def metric_rows(exp: Path) -> list[tuple[str, ...]]:
+    """metrics.csv without the timing columns: (step, epoch, loss, kid_mean, kid_std) per row."""
+    rows = [r.split(",") for r in (exp / "metrics.csv").read_text().splitlines()[1:]]
+    return [(r[0], r[1], r[2], r[5], r[6]) for r in rows]
+
+
+RESUMED_KEYS = ("model", "ema", "opt", "train_steps", "epoch", "batches_done", "best_kid", "rng")
+
+
+@pytest.mark.parametrize(
+    ("model", "val_mode", "space"),
+    [
+        ("GeCA-T", "legacy", "image"),
+        ("GeCA-T", "final", "image"),
+        ("DiT-T/2", "legacy", "image"),
+        ("DiT-T/2", "final", "image"),
+        ("GeCA-T", "final", "latent"),
+    ],
+)
+def test_resume_with_validation_is_bit_exact(workspace, tmp_path, seeded_features, monkeypatch, model, val_mode, space):
+    # 8 training items, batch 4: 2 steps per epoch, a validation after every epoch (steps 2, 4, 6).
+    common = ["--model", model, "--epochs", "3", "--validate_every", "1", "--val-mode", val_mode, "--ckpt-every", "2"]
+    common += ["--num-sampling-steps", "3", "--val_samples", "4", "--diffusion-steps", "21"]
+    if space == "image":
+        common += ["--image_space", "--in_channels", "3", "--image-size", "8"]
+    straight = run_train(base_args(workspace, tmp_path / "a", *common))
+
+    # The same run interrupted three times: inside epoch 1 just after a validation (step 3), at the end of epoch 1
+    # (step 4, its validation done before stopping), and by a crash inside the validation at step 6, after last.pt
+    # was written at that step; then resumed, which redoes that validation, to the end.
+    first = run_train(base_args(workspace, tmp_path / "b", *common, "--max-steps", "3"))
+    run_train(base_args(workspace, tmp_path / "b", *common, "--max-steps", "4", "--resume", str(first)))
+    real_run = train.Validator.run
+
+    def killed_in_validation(self, ema, step):
+        raise KeyboardInterrupt(f"killed during the validation at step {step}")
+
+    monkeypatch.setattr(train.Validator, "run", killed_in_validation)
+    with pytest.raises(KeyboardInterrupt, match="step 6"):
+        run_train(base_args(workspace, tmp_path / "b", *common, "--resume", str(first)))
+    assert load_checkpoint(first / "checkpoints" / "last.pt")["train_steps"] == 6
+    monkeypatch.setattr(train.Validator, "run", real_run)
+    resumed = run_train(base_args(workspace, tmp_path / "b", *common, "--resume", str(first)))
+
     assert resumed == first
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")
-    assert a["train_steps"] == b["train_steps"] == 4
-    for key in ("model", "ema"):
-        for name, tensor in a[key].items():
-            torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=1e-6, msg=f"{key}.{name}")
-    steps = [int(r.split(",")[0]) for r in (resumed / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [1, 2, 3, 4]
+    assert a["train_steps"] == 6 and a["epoch"] == 3
+    for key in RESUMED_KEYS:
+        assert_identical(a[key], b[key], key)
+    best_a = load_checkpoint(straight / "checkpoints" / "best_ckpt.pt")
+    best_b = load_checkpoint(resumed / "checkpoints" / "best_ckpt.pt")
+    for key in ("model", "ema", "opt"):
+        assert_identical(best_a[key], best_b[key], f"best.{key}")
+    # Same losses and KIDs at the same steps, no duplicated rows from the redone validation.
+    assert metric_rows(resumed) == metric_rows(straight)
+    assert [r[0] for r in metric_rows(straight) if r[3]] == ["2", "4", "6"]
+
+
+def test_validation_does_not_move_training_random_streams(workspace, tmp_path, seeded_features):
+    # Validation draws its own noise: the same run with and without it trains to the same bits.
+    common = ["--model", "GeCA-T", "--epochs", "2", "--image_space", "--in_channels", "3", "--image-size", "8"]
+    plain = run_train(base_args(workspace, tmp_path / "a", *common, "--validate_every", "0"))
+    validation = ["--validate_every", "1", "--val_samples", "4", "--val-mode", "final", "--num-sampling-steps", "2"]
+    validated = run_train(base_args(workspace, tmp_path / "b", *common, *validation))
+    a = load_checkpoint(plain / "checkpoints" / "last.pt")
+    b = load_checkpoint(validated / "checkpoints" / "last.pt")
+    for key in ("model", "ema", "opt", "rng"):
+        assert_identical(a[key], b[key], key)
 
 
 def test_interrupted_save_keeps_previous_checkpoint(workspace, tmp_path, monkeypatch):
@@ -221,7 +321,9 @@ def test_non_finite_loss_stops_with_message(workspace, tmp_path):
         np.save(f, np.full_like(np.load(f), np.nan))
     argv = base_args(workspace, tmp_path / "r", "--epochs", "1", "--validate_every", "0")
     argv[argv.index("--feature-path") + 1] = str(feats)
-    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+    with pytest.raises(
+        FloatingPointError, match="non-finite training loss .* at step 1 .*No checkpoint has been written"
+    ):
         run_train(argv)
 
 
@@ -247,7 +349,190 @@ def test_bad_input_fails_before_training(workspace, tmp_path, mutate, extra, mes
     argv[argv.index("--feature-path") + 1] = str(feats)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_train(argv)
-    assert not list((tmp_path / "r").glob("*/checkpoints/*.pt"))
+    assert not (tmp_path / "r").exists(), "a run that fails its checks leaves no experiment folder"
+
+
+IMAGE_SPACE = ["--image_space", "--in_channels", "3", "--image-size", "8"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lr", "0"], "--lr must be a finite number in"),
+        (["--lr=-1e-4"], "--lr must be"),
+        (["--lr", "1e39"], "--lr must be"),
+        (["--lr", "nan"], "--lr must be"),
+        (["--ema-decay", "1"], "--ema-decay must be in"),
+        (["--ema-decay", "nan"], "--ema-decay must be in"),
+        (["--cfg-scale", "0.5"], "--cfg-scale must be"),
+        (["--ckpt-every", "0"], "--ckpt-every must be >= 1"),
+        (["--max-steps", "0"], "--max-steps must be >= 1"),
+        (["--global-batch-size", "0"], "--global-batch-size must be >= 1"),
+        (["--validate_every", "1", "--val_samples", "1"], "--val_samples must be >= 2"),
+        (["--val-mode", "final", "--num-sampling-steps", "60"], "--num-sampling-steps must be in"),
+        (["--image_space", "--image-size", "8"], "--in_channels must be 3"),
+    ],
+)
+def test_absurd_flags_are_rejected_naming_the_flag(workspace, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        run_train(base_args(workspace, tmp_path / "r", "--epochs", "1", *extra))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("size", ["20", "17", "0"])
+def test_image_size_must_be_a_multiple_of_8_in_every_mode(workspace, tmp_path, size, capsys):
+    for mode in ([], IMAGE_SPACE[:-2]):
+        with pytest.raises(SystemExit):
+            train.build_parser().parse_args(base_args(workspace, tmp_path / "r", *mode, "--image-size", size))
+        assert "--image-size: " in capsys.readouterr().err
+        args = train.build_parser().parse_args(base_args(workspace, tmp_path / "r", *mode))
+        args.image_size = int(size)  # a Namespace built without the parser is checked too
+        with pytest.raises(ValueError, match=f"--image-size {size} must be a positive multiple of 8"):
+            train.main(args)
+    assert not (tmp_path / "r").exists()
+
+
+def test_image_size_must_suit_the_models_patches(tmp_path):
+    # --image-size 72 gives 9 x 9 latents: GeCA takes any grid, DiT-T/2 needs an even one.
+    feats = tmp_path / "feats"
+    (feats / "features_0").mkdir(parents=True)
+    (feats / "labels_0").mkdir()
+    for i in range(4):
+        np.save(feats / "features_0" / f"{i}.npy", np.zeros((1, 4, 9, 9), np.float32))
+        np.save(feats / "labels_0" / f"{i}.npy", np.eye(11, dtype=np.int64)[i][None])
+    argv = ["--feature-path", str(feats), "--results-dir", str(tmp_path / "r"), "--image-size", "72"]
+    argv += ["--num-classes", "11", "--global-batch-size", "4", "--fold", "0", "--epochs", "1", "--num-workers", "0"]
+    argv += ["--validate_every", "0", "--load_from", "", "--diffusion-steps", "21"]
+    with pytest.raises(ValueError, match=r"--image-size 72 gives a latent .* side of 9, which --model DiT-T/2 cannot"):
+        run_train([*argv, "--model", "DiT-T/2"])
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match=r"a multiple of 2; use a multiple of 16 for --image-size"):
+        train.check_input_size(train.build_parser().parse_args([*argv, "--model", "LDM-T"]), 2)
+    exp = run_train([*argv, "--model", "GeCA-T", "--max-steps", "1"])
+    assert load_checkpoint(exp / "checkpoints" / "last.pt")["train_steps"] == 1
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_bad_image_fails_before_any_model_or_folder(workspace, tmp_path, monkeypatch, split):
+    root = Path(shutil.copytree(workspace["root"], tmp_path / "oct"))
+    name = pd.read_csv(root / f"{split}_0.csv", index_col=0)["filename"].iloc[2]  # data row 2: CSV line 4
+    (root / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))  # a PNG signature, then garbage
+    monkeypatch.setitem(train.DiT_models, "GeCA-T", lambda **kw: pytest.fail("a model was built"))
+    # Training on pixels reads the training images; validation reads the validation images in either space.
+    extra = IMAGE_SPACE + ["--validate_every", "0"] if split == "train" else ["--validate_every", "1"]
+    argv = base_args(workspace, tmp_path / "r", "--epochs", "1", *extra)
+    argv[argv.index("--data-path") + 1] = str(root)
+    with pytest.raises(ValueError, match=rf"{split}_0\.csv: unusable image file\(s\) .* line 4 \({name}[:)]"):
+        run_train(argv)
+    assert not (tmp_path / "r").exists()
+
+
+def test_too_small_images_are_refused_for_the_crop(workspace, tmp_path):
+    argv = base_args(workspace, tmp_path / "r", "--epochs", "1", "--validate_every", "0", *IMAGE_SPACE[:-1], "128")
+    with pytest.raises(
+        ValueError,
+        match=r"train_0\.csv: .*smaller than the 128-pixel crop .*: 8 row\(s\), e\.g\. line 2 \(.*: 64 x 64 pixels\)",
+    ):
+        run_train(argv)
+
+
+def _poison_after(monkeypatch, ema_updates: int) -> None:
+    """Make the model's weights NaN right after optimiser step `ema_updates` (a step whose loss was finite)."""
+    real_update, calls = train.update_ema, []
+
+    def update_then_poison(ema, model, decay=0.9999):
+        real_update(ema, model, decay)
+        calls.append(1)
+        if len(calls) == ema_updates:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(train, "update_ema", update_then_poison)
+
+
+def test_non_finite_weights_never_reach_a_checkpoint(workspace, tmp_path, monkeypatch):
+    common = ["--epochs", "3", "--validate_every", "0", "--ckpt-every", "1", *IMAGE_SPACE, "--diffusion-steps", "21"]
+    _poison_after(monkeypatch, 3)
+    with pytest.raises(FloatingPointError) as err:
+        run_train(base_args(workspace, tmp_path / "r", *common))
+    exp = tmp_path / "r" / "000-GeCA-T-0"
+    last = exp / "checkpoints" / "last.pt"
+    assert f"at step 3; {last} is not written. The newest finite checkpoint is {last} (step 2)" in str(err.value)
+    saved = load_checkpoint(last)
+    assert saved["train_steps"] == 2 and not non_finite_entries(saved)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
+    # The finite checkpoint resumes and trains on.
+    monkeypatch.undo()
+    run_train(base_args(workspace, tmp_path / "r", *common, "--max-steps", "4", "--resume", str(exp)))
+    assert load_checkpoint(last)["train_steps"] == 4
+
+
+def test_non_finite_state_before_the_first_checkpoint_says_none_exists(workspace, tmp_path, monkeypatch):
+    _poison_after(monkeypatch, 1)
+    argv = base_args(workspace, tmp_path / "r", "--epochs", "2", "--validate_every", "0", "--ckpt-every", "5")
+    with pytest.raises(FloatingPointError, match=r"at step 2 .*No checkpoint has been written yet \(--ckpt-every 5\)"):
+        run_train([*argv, *IMAGE_SPACE, "--diffusion-steps", "21"])
+    assert not (tmp_path / "r" / "000-GeCA-T-0" / "checkpoints" / "last.pt").exists()
+
+
+def test_resume_applies_and_logs_changed_flags_or_refuses_them(workspace, tmp_path):
+    common = ["--epochs", "2", "--validate_every", "0", *IMAGE_SPACE, "--diffusion-steps", "21"]
+    exp = run_train(base_args(workspace, tmp_path / "r", *common, "--max-steps", "1"))
+    with pytest.raises(ValueError) as err:
+        run_train(
+            base_args(workspace, tmp_path / "r", *common, "--global-seed", "1", "--fold", "1", "--resume", str(exp))
+        )
+    assert "cannot change in a resumed run: --fold 0 -> 1 (it fixes the training data); --global-seed 0 -> 1" in str(
+        err.value
+    )
+    changed = ["--lr", "0.002", "--ema-decay", "0.99", "--val-mode", "final", "--results-dir", str(tmp_path / "x")]
+    argv = base_args(workspace, tmp_path / "r", *common, "--max-steps", "2", "--resume", str(exp))
+    run_train([*argv, *changed])
+    log = (exp / "log.txt").read_text()
+    assert "--resume: --lr 0.0001 -> 0.002: applied from the first resumed step" in log
+    assert "--resume: --ema-decay 0.9999 -> 0.99: applied" in log
+    assert f"--resume: --results-dir '{tmp_path / 'x'}' is not used" in log
+    assert "the validation rule changed: the checkpoint's best KID is not comparable" in log
+    saved = load_checkpoint(exp / "checkpoints" / "last.pt")
+    assert saved["train_steps"] == 2 and saved["args"].lr == 0.002
+    assert [g["lr"] for g in saved["opt"]["param_groups"]] == [0.002]  # the optimiser runs at the new rate
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_refuses_unreadable_or_non_resumable_checkpoints(workspace, tmp_path):
+    exp = run_train(base_args(workspace, tmp_path / "r", "--epochs", "1", "--validate_every", "0", "--max-steps", "1"))
+    last = exp / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    best = exp / "checkpoints" / "best_ckpt.pt"
+    save_checkpoint(best, {k: ckpt[k] for k in ("model", "ema", "opt", "args")})  # the reference layout
+    argv = base_args(workspace, tmp_path / "r", "--epochs", "1", "--validate_every", "0")
+    with pytest.raises(ValueError, match=r"best_ckpt\.pt lacks the entries \['train_steps', .*expected a resumable"):
+        run_train([*argv, "--resume", str(best)])
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match=rf"{re.escape(str(last))} \(1,000 bytes\) cannot be read as a PyTorch"):
+        run_train([*argv, "--resume", str(exp)])
+
+
+def test_resume_removes_temporary_files_of_killed_writes(workspace, tmp_path):
+    exp = run_train(base_args(workspace, tmp_path / "r", "--epochs", "1", "--validate_every", "0", "--max-steps", "1"))
+    stale = [exp / "checkpoints" / ".last.pt.k1ll3d_9.tmp", exp / "samples" / ".val_0000002.png.abcdefgh.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    argv = base_args(workspace, tmp_path / "r", "--epochs", "1", "--validate_every", "0", "--max-steps", "2")
+    run_train([*argv, "--resume", str(exp)])
+    assert not any(p.exists() for p in stale)
+    assert "Removed 2 temporary file(s) of interrupted writes" in (exp / "log.txt").read_text()
+
+
+def test_truncate_metrics_drops_later_rows_a_torn_line_and_a_redone_validation(tmp_path):
+    path = tmp_path / "metrics.csv"
+    header = ",".join(train.METRIC_FIELDS)
+    rows = ["1,0,0.5,1,4,,", "2,0,0.4,1,4,,", "2,0,,,,0.1,0.01", "3,1,0.3,1,4,,", "4,1,0.2"]
+    path.write_text("\n".join([header, *rows]))  # the last line was cut by a kill: no newline
+    train.truncate_metrics(path, 3)
+    assert path.read_text().splitlines()[1:] == rows[:4]
+    train.truncate_metrics(path, 2, drop_kid_at_last_step=True)
+    assert path.read_text().splitlines()[1:] == rows[:2]
 
 
 def _free_port() -> int:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from data.datasets import FoldCSVDataset
 from data.labels import OCT_LABELS
@@ -100,13 +104,116 @@ def test_missing_image_files(root):
     FoldCSVDataset(root, "train", 0, image_check="none")  # the check can be switched off
 
 
-def test_unreadable_image_only_with_verify(root):
-    frame = pd.read_csv(root / "train_0.csv", index_col=0)
-    bad = frame["filename"].iloc[3]
-    (root / bad).write_bytes(b"not a png")
-    FoldCSVDataset(root, "train", 0)  # existence only: fast default
-    with pytest.raises(ValueError, match=rf"unreadable image file\(s\): 1 row\(s\), e\.g\. line 5 \({bad}\)"):
-        FoldCSVDataset(root, "train", 0, image_check="verify")
+def _row_file(root: Path, row: int) -> tuple[Path, str]:
+    """The image file of data row `row` of train_0.csv, and its CSV line as error messages give it."""
+    name = pd.read_csv(root / "train_0.csv", index_col=0)["filename"].iloc[row]
+    return root / name, f"line {row + 2} ({name}"
+
+
+def test_check_levels(root):
+    garbage, garbage_line = _row_file(root, 3)
+    garbage.write_bytes(b"not a png")
+    FoldCSVDataset(root, "train", 0, image_check="exists")  # existence only
+    with pytest.raises(
+        ValueError, match=rf"not an image file PIL can identify: 1 row\(s\), e\.g\. {re.escape(garbage_line)}\)"
+    ):
+        FoldCSVDataset(root, "train", 0, image_check="header")
+    shutil.copy(_row_file(root, 4)[0], garbage)
+    truncated, truncated_line = _row_file(root, 5)
+    truncated.write_bytes(truncated.read_bytes()[:-40])  # the header survives; the end of the pixel data does not
+    FoldCSVDataset(root, "train", 0, image_check="header")
+    for level in ("verify", "decode"):
+        with pytest.raises(
+            ValueError, match=rf"damaged or truncated: 1 row\(s\), e\.g\. {re.escape(truncated_line)}: "
+        ):
+            FoldCSVDataset(root, "train", 0, image_check=level)
+
+
+def test_unusable_images_fail_by_default_naming_row_file_and_reason(root):
+    bad = {1: "random", 3: "float", 6: "small", 7: "small"}
+    for row, kind in bad.items():
+        path, _ = _row_file(root, row)
+        if kind == "random":
+            path.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+        elif kind == "float":
+            Image.fromarray(np.ones((32, 32), np.float32), mode="F").save(path, format="TIFF")
+        else:
+            Image.new("RGB", (1, row)).save(path)
+    with pytest.raises(ValueError) as err:
+        FoldCSVDataset(root, "train", 0, min_size=16)
+    message = str(err.value)
+    assert message.startswith(f"{root / 'train_0.csv'}: unusable image file(s) under {root}: ")
+    # One entry per reason, each with its rows: the CSV line, the file and the file's detail.
+    assert f"not an image file PIL can identify: 1 row(s), e.g. {_row_file(root, 1)[1]})" in message
+    assert (
+        f"32-bit floating-point pixels (mode F) have no defined 8-bit range; save the image as 8- or 16-bit: "
+        f"1 row(s), e.g. {_row_file(root, 3)[1]})" in message
+    )
+    small = f"2 row(s), e.g. {_row_file(root, 6)[1]}: 1 x 6 pixels), {_row_file(root, 7)[1]}: 1 x 7 pixels)"
+    assert (
+        f"smaller than the 16-pixel crop (it would be upsampled; use larger images or a smaller --image-size): {small}"
+        in message
+    )
+
+
+def test_size_is_checked_against_the_crop(root):
+    path, line = _row_file(root, 2)
+    Image.new("L", (40, 12)).save(path)  # shorter side 12
+    FoldCSVDataset(root, "train", 0, min_size=12)
+    with pytest.raises(ValueError, match=rf"smaller than the 13-pixel crop .*{re.escape(line)}: 40 x 12 pixels\)"):
+        FoldCSVDataset(root, "train", 0, min_size=13)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(root):
+    path, _ = _row_file(root, 0)
+    values = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    Image.fromarray(values).save(path)  # a 16-bit PNG
+    with Image.open(path) as img:
+        assert img.mode == "I;16"
+        clipped = np.asarray(img.convert("RGB"))
+    assert (clipped == 255).mean() > 0.9  # PIL's own conversion clips almost every pixel: why data/images.py exists
+    image, _ = FoldCSVDataset(root, "train", 0)[0]
+    expected = np.floor(values.astype(np.float64) * 255.0 / 65535.0 + 0.5).astype(np.uint8)  # round(v * 255 / 65535)
+    got = np.asarray(image)
+    assert image.mode == "RGB" and got.shape == (32, 32, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(got[..., channel], expected)
+
+
+def test_32_bit_integer_images_scaled_when_16_bit_else_refused(root):
+    path, line = _row_file(root, 0)
+    values = np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 64  # 0 .. 65472: fits in 16 bits
+    Image.fromarray(values, mode="I").save(path, format="TIFF")
+    image, _ = FoldCSVDataset(root, "train", 0)[0]
+    expected = np.floor(values * 255.0 / 65535.0 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(image)[..., 1], expected)
+    Image.fromarray(values * 2, mode="I").save(path, format="TIFF")  # up to 130944: beyond 16 bits
+    with pytest.raises(
+        ValueError, match=rf"32-bit integer pixels \(mode I\) range over \[0, 130944\].*{re.escape(line)}\)"
+    ):
+        FoldCSVDataset(root, "train", 0)
+
+
+def test_palette_with_transparency_converts_to_its_colours(root):
+    path, _ = _row_file(root, 0)
+    palette = np.random.default_rng(1).integers(0, 256, (256, 3), dtype=np.uint8)
+    index = np.random.default_rng(2).integers(0, 256, (32, 32), dtype=np.uint8)
+    img = Image.fromarray(index, mode="P")
+    img.putpalette(palette.flatten().tolist())
+    img.info["transparency"] = bytes([0, 128] + [255] * 254)  # per-entry alpha, as in a PNG tRNS chunk
+    img.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL warns when a palette with transparency goes straight to RGB
+        image, _ = FoldCSVDataset(root, "train", 0)[0]
+    np.testing.assert_array_equal(np.asarray(image), palette[index])
+
+
+def test_file_damaged_after_the_check_names_its_row(root):
+    ds = FoldCSVDataset(root, "train", 0)
+    path, line = _row_file(root, 2)
+    path.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ValueError, match=rf"train_0\.csv: {re.escape(line)}\) cannot be read as an image"):
+        ds[2]
 
 
 def test_message_lists_at_most_five_rows(root):
