@@ -17,6 +17,20 @@ import torch
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
+# Multiplier that keys a derived seed: a prime above any index or epoch count a run reaches, so distinct
+# (base, key) pairs give distinct seeds.
+SEED_STRIDE = 1_000_003
+
+
+def keyed_seed(base: int, key: int) -> int:
+    """The seed of stream `key` (an image index, an epoch, a pass) under the run seed `base`.
+
+    Every per-image, per-epoch or per-pass random stream of the project is seeded this way, so a stream depends on
+    nothing but its (base, key) pair: not on the batch, the rank or the world size.
+    """
+    return base * SEED_STRIDE + key
+
+
 def sample_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One seeded generator per sample, on `device`."""
     gens = []

@@ -16,6 +16,7 @@ from infra.checkpoint import load_checkpoint, model_weights
 from infra.distributed import DistInfo
 from infra.naming import sample_folder_name
 from infra.precision import add_tf32_flag, set_tf32
+from infra.rng import keyed_seed
 from infra.run_args import CheckpointArgsError, fill_from_checkpoint, given_flags
 from models import DiT_models
 
@@ -254,6 +255,6 @@ def repeat_labels(labels: Sequence, expand_ratio: int, shuffle_seed: int | None)
         if shuffle_seed is None:
             out.extend(labels)
         else:
-            g = torch.Generator().manual_seed(shuffle_seed * 1_000_003 + r)
+            g = torch.Generator().manual_seed(keyed_seed(shuffle_seed, r))
             out.extend(labels[i] for i in torch.randperm(len(labels), generator=g).tolist())
     return out

@@ -26,7 +26,7 @@ from synthesis.annotations import write_annotations
 
 def noise_seed(global_seed: int, index: int) -> int:
     """Seed of image `index`'s private random stream; depends on nothing else."""
-    return global_seed * 1_000_003 + index
+    return rng.keyed_seed(global_seed, index)
 
 
 @torch.no_grad()
