@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 
 from data.datasets import fold_csv_path
@@ -33,6 +32,7 @@ from demo.runner import REPO_ROOT
 from diffusion import create_diffusion
 from infra.atomic_io import atomic_save_grid, atomic_write_text
 from infra.checkpoint import find_model
+from infra.plots import Panel, Series, plot_panels
 from models import DiT_models
 from synthesis.generate import noise_seed, sample_images
 
@@ -66,19 +66,15 @@ def train_to(args: argparse.Namespace, step: int) -> Path:
 
 def curve_figure(rows: list[dict], real: dict[str, float], path: Path) -> None:
     """Saturated fraction and pixel mean against training steps, GHG and fresh-seed sampling, real as a line."""
-    fig = Figure(figsize=(9, 3.4))
-    for ax, key, title in zip(fig.subplots(1, 2), ("saturated", "mean"), ("saturated fraction", "pixel mean")):
-        for ghg, style in ((True, "o-"), (False, "s--")):
-            pts = [(r["step"], r[key]) for r in rows if r["ghg"] == ghg]
-            ax.plot(*zip(*pts), style, label="GHG" if ghg else "fresh seed every step")
-        ax.axhline(real[key], color="k", lw=1, label="real validation images")
-        ax.set_xlabel("training steps")
-        ax.set_title(title)
-        if key == "saturated":
-            ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    panels = []
+    for key, title in (("saturated", "saturated fraction"), ("mean", "pixel mean")):
+        series = [
+            Series([(r["step"], r[key]) for r in rows if r["ghg"] == ghg], label, fmt)
+            for ghg, label, fmt in ((True, "GHG", "o-"), (False, "fresh seed every step", "s--"))
+        ]
+        hline = [(real[key], "real validation images")]
+        panels.append(Panel(title, "training steps", "", series, hline, log_y=key == "saturated", legend_fontsize=8))
+    plot_panels(path, panels, figsize=(9, 3.4), dpi=110)
 
 
 def main(args: argparse.Namespace) -> Path:
