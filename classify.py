@@ -1,8 +1,8 @@
 """Downstream multi-label classification study: real data, real + synthetic data, significance vs. geometric aug.
 
-Trains a classifier (ResNet-50 by default, the FDDM-style protocol of SPEC B1/C6) for every condition, fold and
-seed, evaluates it on the test split (or on val when a fold has no test CSV), and writes results.csv,
-results.json, results.md (shaped like the paper's Table B) and per_label.png into --out. Finished runs are
+Trains a classifier (ResNet-50 by default, the FDDM-style protocol of docs/PAPER.md §B1, docs/DECISIONS.md §C6) for
+every condition, fold and seed, evaluates it on the test split (or on val when a fold has no test CSV), and writes
+results.csv, results.json, results.md (shaped like the paper's Table B) and per_label.png into --out. Finished runs are
 resumed, not retrained. Label fidelity of each synthetic set (docs/DECISIONS.md §C7): GAN-test scores its validation
 copy `val_syn_{fold}.csv` with the baseline classifier (on by default, `--no-gan-test` skips it); GAN-train is the
 condition `synthetic-only:[NAME=]DIR`. Example (paper-like study, 5x synthetic sets written by sample_ddp.py for each

@@ -1,4 +1,5 @@
-"""Image metrics of a synthetic validation set: KID, LPIPS diversity and the FLD generalization gap (SPEC 3.5, 9).
+"""Image metrics of a synthetic validation set: KID, LPIPS diversity and the FLD generalization gap
+(docs/REFERENCE.md §3.5, §9).
 
     python evaluate.py --real ./oct_multilabel/ \
         --gen ./synthetic_oct/GeCA-S-GS-fold-0-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0/ \
@@ -100,7 +101,7 @@ def real_image_set(real: str, kind: str, split: str, fold: int, image_size: int 
 
 
 def generated_image_set(gen: str, fold: int) -> ImageSet:
-    """Exactly the images listed in `{gen}/val_syn_{fold}.csv`, loaded as they are (SPEC C2.7)."""
+    """Exactly the images listed in `{gen}/val_syn_{fold}.csv`, loaded as they are (docs/DECISIONS.md §C2.7)."""
     frame = read_fold_csv(Path(gen) / f"val_syn_{fold}.csv")
     check_images(frame, gen, str(Path(gen) / f"val_syn_{fold}.csv"))
     paths = [os.path.join(gen, name) for name in frame["filename"].astype(str)]
@@ -189,7 +190,8 @@ class FeatureBank:
 def compute_gg(
     bank: FeatureBank, extractor: str, train: ImageSet, test: ImageSet, gen: ImageSet, seed: int
 ) -> dict[str, Any]:
-    """GG = 100 (NLL(train) - NLL(test)) of the mixture centred on the generated features (SPEC 9.3, B3)."""
+    """GG = 100 (NLL(train) - NLL(test)) of the mixture centred on the generated features (docs/REFERENCE.md §9.3,
+    docs/PAPER.md §B3)."""
     if len(test) < 2:
         raise MetricUnavailable(f"GG needs at least 2 real test images, got {len(test)}")
     feats = {
@@ -201,7 +203,7 @@ def compute_gg(
 
 
 def compute_kid(bank: FeatureBank, real_images: ImageSet, gen_images: ImageSet, seed: int) -> dict[str, Any]:
-    """KID over 100 subsets of size len(generated) // 4 (SPEC 9.1)."""
+    """KID over 100 subsets of size len(generated) // 4 (docs/REFERENCE.md §9.1)."""
     subset_size = len(gen_images) // 4
     if not 2 <= subset_size <= len(real_images):
         raise MetricUnavailable(
@@ -222,7 +224,7 @@ def compute_kid(bank: FeatureBank, real_images: ImageSet, gen_images: ImageSet, 
 
 
 def compute_lpips(args: argparse.Namespace, device: torch.device, images: ImageSet, seed: int) -> dict[str, Any]:
-    """LPIPS diversity over consecutive pairs of the seeded shuffle of the generated images (SPEC 9.2)."""
+    """LPIPS diversity over consecutive pairs of the seeded shuffle of the generated images (docs/REFERENCE.md §9.2)."""
     net = load_lpips(args.alexnet_weights, device)
     to_tensor = transforms.ToTensor()
     progress = tqdm(total=max(len(images) - 1, 0), desc="LPIPS pairs", unit="pair", leave=False)

@@ -1,6 +1,6 @@
-"""Encode the training images of one fold into SD-VAE latents (SPEC 3.1).
+"""Encode the training images of one fold into SD-VAE latents (docs/REFERENCE.md §3.1).
 
-Reference launch (SPEC 1):
+Reference launch (docs/REFERENCE.md §1):
     torchrun --nnodes=1 --nproc_per_node=1 --master_port 29504 extract_features.py \
         --data-path data/oct_multilabel/ --features-path store/oct_features/ --global-batch-size 128 --fold 0
 Also runs as a plain process: `python extract_features.py --data-path ... --vae <folder>`.
@@ -76,7 +76,8 @@ class _FlippedRows(Dataset):
         index = self.indices[j]
         image, label = self.dataset[index]
         if self.flips[index]:
-            image = image.flip(-1)  # after the centre crop, as the reference's transform order has it (SPEC 2.3)
+            # After the centre crop, as the reference's transform order has it (docs/REFERENCE.md §2.3).
+            image = image.flip(-1)
         return index, image, label
 
 

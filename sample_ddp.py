@@ -1,6 +1,6 @@
-"""Generate the augmentation set: every training label vector `--expand_ratio` times (SPEC 3.3).
+"""Generate the augmentation set: every training label vector `--expand_ratio` times (docs/REFERENCE.md §3.3).
 
-Reference launch (SPEC 1):
+Reference launch (docs/REFERENCE.md §1):
     torchrun --nnodes=1 --nproc_per_node=1 --master_port 29506 sample_ddp.py --per-proc-batch-size 64 \
         --expand_ratio 5 --model GeCA-S --data-path ./store/oct_features/ --fold 0 --num-sampling-steps 250 \
         --ckpt ./results_oct_GeCA/000-GeCA-S-0/checkpoints/best_ckpt.pt --sample-dir ./synthetic_oct/

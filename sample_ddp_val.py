@@ -1,11 +1,11 @@
-"""Generate a synthetic copy of the validation split: one image per validation label vector (SPEC 3.4).
+"""Generate a synthetic copy of the validation split: one image per validation label vector (docs/REFERENCE.md §3.4).
 
-Reference launch (SPEC 1):
+Reference launch (docs/REFERENCE.md §1):
     torchrun --nnodes=1 --nproc_per_node=1 --master_port 29506 sample_ddp_val.py --expand_ratio 1 --model GeCA-S \
         --data-path data/oct_multilabel/ --fold 0 --num-sampling-steps 250 \
         --ckpt ./results_oct_GeCA/000-GeCA-S-0/checkpoints/best_ckpt.pt --sample-dir ./synthetic_oct/
 Writes `{sample-dir}/{model}-GS-fold-...-seed-{seed}/gen_samples_val/{index:06d}.png` and `val_syn_{fold}.csv`.
-RetinaMNIST uses its test split (SPEC C2.7).
+RetinaMNIST uses its test split (docs/DECISIONS.md §C2.7).
 """
 
 from __future__ import annotations

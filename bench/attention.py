@@ -97,7 +97,7 @@ def run_attention(
     grad_out = torch.randn(batch, tokens, heads * head_dim, generator=g, device=device)
     scale = head_dim**-0.5
     variants: dict[str, AttentionFn] = {
-        "impulse-filter conv gather (reference, SPEC A 6)": impulse_attention,
+        "impulse-filter conv gather (reference, docs/REFERENCE.md §6)": impulse_attention,
         "autograd shifted slices (before issue 9)": autograd_slices_attention,
         "overlap views + hand-written backward (grid_local_attention)": sliced_attention,
     }

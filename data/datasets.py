@@ -1,4 +1,5 @@
-"""Dataset classes: the CSV fold layout of the OCT data (SPEC 2.1) and RetinaMNIST through medmnist (SPEC 2.2).
+"""Dataset classes: the CSV fold layout of the OCT data (docs/REFERENCE.md §2.1) and RetinaMNIST through medmnist
+(docs/REFERENCE.md §2.2).
 
 Both return `(image, label)` where `label` is a (K,) int64 multi-hot (OCT, CSV) or one-hot (RetinaMNIST) tensor,
 and both expose `labels` ((N, K) int64 array) and `source_name(i)`, so label-only consumers need not read images.
@@ -23,12 +24,12 @@ RETINAMNIST_SPLITS = ("train", "val", "test")
 
 
 def fold_csv_path(root: str | Path, mode: str, fold: int) -> Path:
-    """`{root}/{mode}_{fold}.csv`, the reference's split file (SPEC 2.1)."""
+    """`{root}/{mode}_{fold}.csv`, the reference's split file (docs/REFERENCE.md §2.1)."""
     return Path(root) / f"{mode}_{fold}.csv"
 
 
 class FoldCSVDataset(Dataset):
-    """Multi-label images listed in `{root}/{mode}_{fold}.csv` (the reference's `TNBCDataset`, SPEC 2.1).
+    """Multi-label images listed in `{root}/{mode}_{fold}.csv` (the reference's `TNBCDataset`, docs/REFERENCE.md §2.1).
 
     The CSV's first column is the index, `filename` is relative to `root`, and each label column holds 0/1.
     The file and its images are checked on construction (data/validate.py), so a bad file fails before any model is
@@ -84,7 +85,7 @@ class FoldCSVDataset(Dataset):
 
 
 class RetinaMNISTDataset(Dataset):
-    """RetinaMNIST 224 px through medmnist, with one-hot labels (SPEC 2.2).
+    """RetinaMNIST 224 px through medmnist, with one-hot labels (docs/REFERENCE.md §2.2).
 
     Reads `{root}/retinamnist_224.npz` and never downloads: without network access a download cannot succeed, so a
     missing file is an error saying where to put it. Any number of images per split is accepted (the phantom npz is

@@ -1,5 +1,5 @@
-"""The embedded phantom dataset (SPEC C5): procedural OCT B-scans and fundus photographs whose visible structures
-depend on their labels, written in the reference's fold-CSV layout (SPEC 2.1).
+"""The embedded phantom dataset (docs/DECISIONS.md §C5): procedural OCT B-scans and fundus photographs whose visible
+structures depend on their labels, written in the reference's fold-CSV layout (docs/REFERENCE.md §2.1).
 
 A stand-in for plumbing tests and relative comparisons, not a substitute for clinical data.
 

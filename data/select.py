@@ -1,4 +1,4 @@
-"""The one place that decides which dataset a data path holds (SPEC C1, reference quirk 10.28).
+"""The one place that decides which dataset a data path holds (docs/DECISIONS.md §C1, docs/REFERENCE.md §10.28).
 
 Scripts call `pick_dataset` for the kind, then `build_dataset` / `label_names_for` (re-exported from data.datasets)
 so label names and the number of classes come from the dataset, never from the path.
@@ -24,7 +24,8 @@ __all__ = [
 
 DATASET_KINDS = ("oct", "retinamnist", "csv", "tnbc")
 
-# Case-sensitive path substrings the reference scripts test, in the order checked here (SPEC 10.24, 10.28).
+# Case-sensitive path substrings the reference scripts test, in the order checked here
+# (docs/REFERENCE.md §10.24, §10.28).
 _PATH_RULES = (
     ("RetinaMNIST", "retinamnist"),
     ("MNIST", "retinamnist"),
@@ -79,7 +80,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluation_labels(kind: str, data_path: str, fold: int, label_columns: list[str] | None = None) -> np.ndarray:
-    """The label rows a synthetic validation copy reproduces, in file order (SPEC 3.4, C2.7).
+    """The label rows a synthetic validation copy reproduces, in file order (docs/REFERENCE.md §3.4,
+    docs/DECISIONS.md §C2.7).
 
     CSV kinds: the rows of `val_{fold}.csv` (image files are not needed); RetinaMNIST: its test split.
 

@@ -1,4 +1,5 @@
-"""Image pre-processing of the reference (SPEC 2.3): ADM centre crop, [-1, 1] normalisation, uint8 conversion."""
+"""Image pre-processing of the reference (docs/REFERENCE.md §2.3): ADM centre crop, [-1, 1] normalisation, uint8
+conversion."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torchvision import transforms
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
-    """ADM-style centre crop (SPEC 2.3).
+    """ADM-style centre crop (docs/REFERENCE.md §2.3).
 
     Halve with BOX resampling while the shorter side is at least twice `image_size`, resize the shorter side to
     `image_size` with BICUBIC, then take the central square.
@@ -34,7 +35,7 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
 def image_transform(image_size: int, flip: bool = False) -> transforms.Compose:
     """PIL image -> (3, S, S) float tensor in [-1, 1]: centre crop, optional p=0.5 flip, ToTensor, Normalize(0.5, 0.5).
 
-    The flip is the reference's once-per-image flip at feature extraction (SPEC 2.3).
+    The flip is the reference's once-per-image flip at feature extraction (docs/REFERENCE.md §2.3).
     """
     steps: list = [transforms.Lambda(lambda img: center_crop_arr(img.convert("RGB"), image_size))]
     if flip:
@@ -44,9 +45,9 @@ def image_transform(image_size: int, flip: bool = False) -> transforms.Compose:
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images -> uint8 by clamp(127.5 x + 128, 0, 255) and a truncating cast (DiT's rule, SPEC 3).
+    """[-1, 1] images -> uint8 by clamp(127.5 x + 128, 0, 255) and a truncating cast (DiT's rule, docs/REFERENCE.md §3).
 
-    The project uses this one rule for real and generated images alike (SPEC C2.6).
+    The project uses this one rule for real and generated images alike (docs/DECISIONS.md §C2.6).
 
     Args:
         x: (N, C, H, W) float tensor in about [-1, 1].

@@ -1,4 +1,5 @@
-"""The Stable Diffusion VAE: one replaceable loader, and latent encode/decode with the VAE's own scale (SPEC 3, C4).
+"""The Stable Diffusion VAE: one replaceable loader, and latent encode/decode with the VAE's own scale
+(docs/REFERENCE.md §3, docs/DECISIONS.md §C4).
 
 `--vae ema|mse` loads `stabilityai/sd-vae-ft-{ema,mse}` through the Hugging Face cache, as the reference does; any
 other value is a local folder holding a diffusers AutoencoderKL (`config.json` + weights), e.g. one written by

@@ -36,7 +36,7 @@ def _describe_rows(frame: pd.DataFrame, positions: np.ndarray, details: Sequence
 
 
 def read_fold_csv(csv_path: str | Path) -> pd.DataFrame:
-    """Read a fold CSV the reference way: the first column is the index (SPEC 2.1).
+    """Read a fold CSV the reference way: the first column is the index (docs/REFERENCE.md §2.1).
 
     Raises:
         FileNotFoundError: the CSV does not exist.

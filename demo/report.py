@@ -37,7 +37,7 @@ from infra.plots import Panel, Series, plot_panels
 
 GRID_TILE = 64  # pixels per image in the report's grids (small images are enlarged without smoothing)
 
-# The paper's OCT results (SPEC B2), shown for orientation only.
+# The paper's OCT results (docs/PAPER.md §B2), shown for orientation only.
 PAPER_TABLE_A = """| Method | #Params | OCT KID↓ (×1e3) | OCT LPIPS↑ | OCT GG (>0) |
 |---|---|---|---|---|
 | LDM-B | 17.3M | 64.5 ± 10 | 0.39 ± 0.16 | −2.31 |

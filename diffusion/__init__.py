@@ -1,4 +1,4 @@
-"""Gaussian diffusion for GeCA and its baselines: the factory `create_diffusion` (SPEC A 5.1).
+"""Gaussian diffusion for GeCA and its baselines: the factory `create_diffusion` (docs/REFERENCE.md §5.1).
 
 Training uses `create_diffusion("")` (all 1000 steps) and sampling `create_diffusion("250")`; the model always
 receives the original timesteps 0..999.

@@ -1,4 +1,4 @@
-"""Timestep respacing: a diffusion that keeps a subset of the original steps (IDDPM section 4, SPEC A 5.3).
+"""Timestep respacing: a diffusion that keeps a subset of the original steps (IDDPM section 4, docs/REFERENCE.md §5.3).
 
 The model of a respaced process is always called with the ORIGINAL timestep of each kept step (no rescaling
 to 1000), as in the reference.

@@ -1,1 +1,2 @@
-"""Downstream OCT multi-label classification study (SPEC B1, C6): metrics, significance, augmentation, runs, report."""
+"""Downstream OCT multi-label classification study (docs/PAPER.md §B1, docs/DECISIONS.md §C6): metrics, significance,
+augmentation, runs, report."""

@@ -1,7 +1,8 @@
-"""Image transforms of the classifier: resizing, the FDDM-style geometric augmentation (SPEC B1), [-1, 1] scaling.
+"""Image transforms of the classifier: resizing, the FDDM-style geometric augmentation (docs/PAPER.md §B1), [-1, 1]
+scaling.
 
-The paper does not say what "geometric aug" is; the default follows the FDDM list quoted in SPEC B1: rotation in
-[0, 360) degrees, horizontal flip p = 0.5 (with the free rotation this also covers vertical flips), random crop
+The paper does not say what "geometric aug" is; the default follows the FDDM list quoted in docs/PAPER.md §B1: rotation
+in [0, 360) degrees, horizontal flip p = 0.5 (with the free rotation this also covers vertical flips), random crop
 p = 0.4, zoom p = 0.5, brightness / contrast / colour (saturation) factors in [0.7, 1.3].
 """
 
@@ -57,7 +58,7 @@ class ResizeRGB:
 
 
 def classifier_transform(image_size: int, augment: AugmentConfig | None, resize: str = "resize") -> transforms.Compose:
-    """PIL image -> (3, S, S) float tensor in [-1, 1] (the FDDM normalisation of SPEC B1).
+    """PIL image -> (3, S, S) float tensor in [-1, 1] (the FDDM normalisation of docs/PAPER.md §B1).
 
     Args:
         image_size: side S of the network input.

@@ -1,7 +1,7 @@
 """The downstream classifier: a torchvision ResNet with a K-way multi-label head, or a tiny CNN for CPU runs.
 
-ImageNet weights are read from a local file only (SPEC C4): `--pretrained FILE`, or torchvision's own cache
-`$TORCH_HOME/hub/checkpoints/{arch}-*.pth`. Nothing is ever downloaded.
+ImageNet weights are read from a local file only (docs/DECISIONS.md §C4): `--pretrained FILE`, or torchvision's own
+cache `$TORCH_HOME/hub/checkpoints/{arch}-*.pth`. Nothing is ever downloaded.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Multi-label classification metrics of the paper's Table B (SPEC B1, B1.1), per label then macro over labels.
+"""Multi-label classification metrics of the paper's Table B (docs/PAPER.md §B1, §B1.1), per label then macro over
+labels.
 
 Every metric is first computed for each label (one-vs-rest) and then averaged over labels without weights
-(SPEC B1.1: the reported F1 (sen/spe) is only reproducible that way). A metric that is undefined for a label in
-the evaluated split is NaN for that label and left out of the macro mean:
+(docs/PAPER.md §B1.1: the reported F1 (sen/spe) is only reproducible that way). A metric that is undefined for a label
+in the evaluated split is NaN for that label and left out of the macro mean:
 
 | metric | definition for one label | undefined (NaN) when |
 |---|---|---|
@@ -13,7 +14,7 @@ the evaluated split is NaN for that label and left out of the macro mean:
 | AUC | ROC-AUC of the scores (sklearn) | the label has no positives or no negatives |
 | AP | average precision of the scores (sklearn) | the label has no positives |
 
-A prediction is positive when its score is >= the threshold (0.5 on sigmoid probabilities, SPEC B1).
+A prediction is positive when its score is >= the threshold (0.5 on sigmoid probabilities, docs/PAPER.md §B1).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-# Column names of the paper's Table B, in its order (SPEC B2).
+# Column names of the paper's Table B, in its order (docs/PAPER.md §B2).
 METRIC_NAMES: tuple[str, ...] = ("Sen", "Spe", "AUC", "F1", "F1 (sen/spe)", "mAP")
 
 
@@ -80,7 +81,7 @@ def f1_precision_recall(counts: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def f1_sen_spe(sen: np.ndarray, spe: np.ndarray) -> np.ndarray:
-    """Harmonic mean of sensitivity and specificity per label (FDDM's "F1 (sen/spe)", SPEC B1).
+    """Harmonic mean of sensitivity and specificity per label (FDDM's "F1 (sen/spe)", docs/PAPER.md §B1).
 
     Args:
         sen: (K,) sensitivities (NaN allowed).
@@ -159,7 +160,7 @@ def nan_mean(values: np.ndarray) -> float:
 
 
 def macro_average(per_label: dict[str, np.ndarray]) -> dict[str, float]:
-    """Macro average over labels of every per-label metric, undefined labels excluded (SPEC B1.1)."""
+    """Macro average over labels of every per-label metric, undefined labels excluded (docs/PAPER.md §B1.1)."""
     return {name: nan_mean(values) for name, values in per_label.items()}
 
 

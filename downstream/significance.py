@@ -1,7 +1,7 @@
 """Paired significance of a condition against the geometric-augmentation baseline, and the stars of Table B.
 
-The paper names neither the test nor the star thresholds (SPEC B1); this project pairs runs by (fold, seed) and
-uses a paired t-test by default (Wilcoxon signed-rank as an option), with the usual GraphPad-style stars.
+The paper names neither the test nor the star thresholds (docs/PAPER.md §B1); this project pairs runs by (fold, seed)
+and uses a paired t-test by default (Wilcoxon signed-rank as an option), with the usual GraphPad-style stars.
 """
 
 from __future__ import annotations

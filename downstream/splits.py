@@ -1,13 +1,14 @@
 """Fold data of the study: the real splits, the synthetic CSVs, their up-front validation, and per-run transforms.
 
-Real data follow the reference layout (SPEC 2.1): `{root}/{train,val,test}_{fold}.csv`, read and checked by
-data/datasets.py. Synthetic data follow the sampling script's layout (SPEC 3.3): `{sample_dir}/train_syn_{fold}.csv`
-with `client_id, filename, <labels>, patient_name, multi_class_label` and filenames `gen_samples/{index:06d}.png`
-relative to the sample folder; its label columns must be exactly the real data's. The validation copy that
-sample_ddp_val.py writes into the same folder (`val_syn_{fold}.csv`, images `gen_samples_val/{index:06d}.png`,
-docs/REFERENCE.md §3.4) has the same columns; it is what the GAN-test score reads. Every problem (missing fold file,
-label-column mismatch, missing image, non-0/1 label) is raised by `load_fold`, i.e. before any training; only a
-missing `val_syn_{fold}.csv` is not an error (its GAN-test score is then n/a, with the reason).
+Real data follow the reference layout (docs/REFERENCE.md §2.1): `{root}/{train,val,test}_{fold}.csv`, read and checked
+by data/datasets.py. Synthetic data follow the sampling script's layout (docs/REFERENCE.md §3.3):
+`{sample_dir}/train_syn_{fold}.csv` with `client_id, filename, <labels>, patient_name, multi_class_label` and filenames
+`gen_samples/{index:06d}.png` relative to the sample folder; its label columns must be exactly the real data's. The
+validation copy that sample_ddp_val.py writes into the same folder (`val_syn_{fold}.csv`, images
+`gen_samples_val/{index:06d}.png`, docs/REFERENCE.md §3.4) has the same columns; it is what the GAN-test score reads.
+Every problem (missing fold file, label-column mismatch, missing image, non-0/1 label) is raised by `load_fold`, i.e.
+before any training; only a missing `val_syn_{fold}.csv` is not an error (its GAN-test score is then n/a, with the
+reason).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from data.datasets import FoldCSVDataset, fold_csv_path
 from data.validate import read_fold_csv
 from downstream.conditions import Condition, fold_folder, synthetic_sets
 
-# Columns of `train_syn_{fold}.csv` that are not labels (SPEC 3.3).
+# Columns of `train_syn_{fold}.csv` that are not labels (docs/REFERENCE.md §3.3).
 SYNTHETIC_META_COLUMNS: tuple[str, ...] = ("client_id", "filename", "patient_name", "multi_class_label")
 SYNTHETIC_MODE = "train_syn"
 SYNTHETIC_VAL_MODE = "val_syn"

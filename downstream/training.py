@@ -1,4 +1,4 @@
-"""One training run of the classifier and its evaluation (the FDDM-style protocol of SPEC B1 by default).
+"""One training run of the classifier and its evaluation (the FDDM-style protocol of docs/PAPER.md §B1 by default).
 
 BCE-with-logits, SGD with momentum and weight decay, a plateau schedule on validation mAP that starts once the
 epoch number exceeds `plateau_after`, early stop when the learning rate falls below `min_lr`, and the weights of

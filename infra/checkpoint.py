@@ -1,4 +1,4 @@
-"""Checkpoint I/O: one save function, one load function, and `find_model` for weights (SPEC C2.1, STYLE 8).
+"""Checkpoint I/O: one save function, one load function, and `find_model` for weights (docs/DECISIONS.md §C2.1).
 
 A checkpoint keeps the reference layout, a dict with "model", "ema", "opt" and "args" (an `argparse.Namespace`).
 Only finite states are written. Loading never unpickles arbitrary objects: `torch.load(weights_only=True)` with

@@ -1,4 +1,4 @@
-"""Folder names that later commands depend on (SPEC 3.2, 3.3): one small function each."""
+"""Folder names that later commands depend on (docs/REFERENCE.md §3.2, §3.3): one small function each."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def model_tag(model: str) -> str:
 
 
 def experiment_dir(results_dir: str | Path, model: str, fold: int) -> Path:
-    """The next experiment folder `{results_dir}/{NNN}-{model}-{fold}` (SPEC 3.2).
+    """The next experiment folder `{results_dir}/{NNN}-{model}-{fold}` (docs/REFERENCE.md §3.2).
 
     NNN is the zero-padded count of entries already in `results_dir`, as the reference counts them.
     """
@@ -34,7 +34,7 @@ def sample_folder_name(
     sampler: str = "ddpm",
     ghg: bool = True,
 ) -> str:
-    """Sample folder of `sample_ddp.py` / `sample_ddp_val.py` (SPEC 3.3).
+    """Sample folder of `sample_ddp.py` / `sample_ddp_val.py` (docs/REFERENCE.md §3.3).
 
     Example: `GeCA-S-GS-fold-0-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0`. A `--vae` given as a local
     folder contributes its base name. The reference's defaults (DDPM, Gene Heredity Guidance) give exactly the

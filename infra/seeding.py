@@ -12,7 +12,7 @@ import torch
 
 
 def rank_seed(global_seed: int, world_size: int, rank: int) -> int:
-    """The seed of one rank: `global_seed * world_size + rank` (the DiT convention, STYLE 7)."""
+    """The seed of one rank: `global_seed * world_size + rank` (the DiT convention)."""
     return global_seed * world_size + rank
 
 

@@ -1,4 +1,5 @@
-"""DINOv2 ViT-B/14 CLS features (768-d) for the generalization gap, built with timm (SPEC B3 "Features", C4).
+"""DINOv2 ViT-B/14 CLS features (768-d) for the generalization gap, built with timm (docs/PAPER.md §B3 "Features",
+docs/DECISIONS.md §C4).
 
 The reference (fld's `DINOv2FeatureExtractor`) runs Meta's torch.hub `dinov2_vitb14` on 224 x 224 inputs. That model
 keeps its position embedding at the 518-pixel grid (37 x 37 patches) and interpolates it at every forward pass to
@@ -35,7 +36,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def dino_transform(image_size: int = DINO_IMAGE_SIZE) -> transforms.Compose:
-    """fld's DINOv2 preprocessing: Resize (S, S) bicubic, CenterCrop S, ToTensor, ImageNet normalisation (SPEC B3)."""
+    """fld's DINOv2 preprocessing: Resize (S, S) bicubic, CenterCrop S, ToTensor, ImageNet normalisation
+    (docs/PAPER.md §B3)."""
     return transforms.Compose(
         [
             transforms.Resize((image_size, image_size), interpolation=transforms.InterpolationMode.BICUBIC),

@@ -1,7 +1,7 @@
 """Feature extraction over image files: image sets, batched extraction with progress bars, an on-disk cache.
 
 Also the shared vocabulary for pretrained weights that are not on this machine: `MetricUnavailable` and
-`WeightsNotFoundError` say which file is missing, where it goes and which flag points at it (SPEC C4).
+`WeightsNotFoundError` say which file is missing, where it goes and which flag points at it (docs/DECISIONS.md §C4).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def file_image_set(name: str, paths: Sequence[str | Path], image_size: int | Non
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) uint8 tensor (the KID input, SPEC 9.1)."""
+    """RGB PIL image -> (3, H, W) uint8 tensor (the KID input, docs/REFERENCE.md §9.1)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 

@@ -1,4 +1,5 @@
-"""Feature Likelihood Divergence and its generalization gap "GG" (SPEC B3, 9.3), re-implemented.
+"""Feature Likelihood Divergence and its generalization gap "GG" (docs/PAPER.md §B3, docs/REFERENCE.md §9.3),
+re-implemented.
 
 Jiralerspong et al., "Feature Likelihood Divergence: Evaluating the Generalization of Generative Models Using
 Samples" (NeurIPS 2023), as coded in the `fld` package at ffbbf20: an isotropic Gaussian mixture is centred on the
@@ -8,7 +9,7 @@ GG = 100 · (NLL(train) − NLL(test)); strongly negative values mean the genera
 
 Every random choice (generated-set subsample, train shuffles) comes from the caller's generator; the reference used
 NumPy's unseeded global RNG. Log-variances are clamped to [−40, 40] after every step, as fld's HEAD does (its older
-releases, and SPEC 9.3's summary, say [−40, 20]).
+releases, and docs/REFERENCE.md §9.3's summary, say [−40, 20]).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def fit_log_variances(
     batch_size: int = BATCH_SIZE,
     cache_distances: bool | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
-    """Fit the mixture's per-component log-variances to maximise the likelihood of the train features (SPEC B3).
+    """Fit the mixture's per-component log-variances to maximise the likelihood of the train features
+    (docs/PAPER.md §B3).
 
     The train set is shuffled once; s_j starts at log((min_i ‖t_i − mu_j‖² + 1e-3)/d); an origin component centred
     at the train mean (distances × 0.81, weight 1, log-variance from 0, learnable) joins the mixture during fitting;

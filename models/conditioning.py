@@ -11,7 +11,7 @@ from infra import rng
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal timestep features, cosines first (SPEC A 4.4; as DiT).
+    """Sinusoidal timestep features, cosines first (docs/REFERENCE.md §4.4; as DiT).
 
     Args:
         t: (N,) timesteps (the original, un-respaced integers 0..999), any numeric dtype.
@@ -30,8 +30,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 def drop_label_entries(y: torch.Tensor, prob: float, generator: rng.Generator = None) -> torch.Tensor:
     """Zero each entry of a multi-hot label matrix independently with probability `prob`.
 
-    Per entry, not per vector (SPEC A 4.4, kept on purpose per C2.9): a sample with k positive labels becomes the
-    all-zero null label only with probability prob^k.
+    Per entry, not per vector (docs/REFERENCE.md §4.4, kept on purpose per docs/DECISIONS.md §C2.9): a sample with k
+    positive labels becomes the all-zero null label only with probability prob^k.
 
     Args:
         y: (N, K) float multi-hot labels.
@@ -63,7 +63,7 @@ def guidance_combine(model_out: torch.Tensor, cfg_scale: float, guided_channels:
     """Classifier-free guidance on the first `guided_channels` channels of a [cond; uncond] batch.
 
     eps = eps_u + s * (eps_c - eps_u) is written to both halves; the remaining (variance) channels of each half are
-    returned unguided (SPEC A 4.7 and A 7: guidance on the in_channels epsilon channels only).
+    returned unguided (docs/REFERENCE.md §4.7 and §7: guidance on the in_channels epsilon channels only).
 
     Args:
         model_out: (2N, C_out, ...) outputs, first half conditional, second half unconditional.
@@ -126,7 +126,8 @@ class GuidedDenoiser:
 
 
 def xavier_init_linears(model: nn.Module) -> None:
-    """DiT's basic initialisation, shared by GeCA (SPEC A 4.8) and DiT: Xavier-uniform Linear weights, zero biases."""
+    """DiT's basic initialisation, shared by GeCA (docs/REFERENCE.md §4.8) and DiT: Xavier-uniform Linear weights, zero
+    biases."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
@@ -160,7 +161,7 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Multi-hot label embedder: Linear(K -> D) then Linear(D -> D), no nonlinearity (SPEC A 4.4).
+    """Multi-hot label embedder: Linear(K -> D) then Linear(D -> D), no nonlinearity (docs/REFERENCE.md §4.4).
 
     In training mode each label entry is dropped with probability `dropout_prob`; in eval mode nothing is dropped and
     the unconditional input is the all-zero vector supplied by the caller.

@@ -1,4 +1,4 @@
-"""DiT baseline with the multi-hot label embedder of GeCA (SPEC A 7).
+"""DiT baseline with the multi-hot label embedder of GeCA (docs/REFERENCE.md §7).
 
 Standard DiT (adaLN-Zero blocks, timm patch embedding, attention and MLP, fixed 2-D sin-cos position table stored as
 a frozen parameter, learned sigma), except: labels are multi-hot vectors embedded by two Linear layers with per-entry
@@ -135,7 +135,7 @@ class DiT(GuidedDenoiser, nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT initialisation, keeping PyTorch's default for the patch-embedding convolution (SPEC A 7)."""
+        """DiT initialisation, keeping PyTorch's default for the patch-embedding convolution (docs/REFERENCE.md §7)."""
 
         xavier_init_linears(self)
         grid_size = int(self.x_embedder.num_patches**0.5)

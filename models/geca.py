@@ -1,4 +1,4 @@
-"""GeCA: a neural cellular automaton denoiser for latent diffusion (SPEC A 4).
+"""GeCA: a neural cellular automaton denoiser for latent diffusion (docs/REFERENCE.md §4).
 
 The cell state on an H x W latent grid has C input channels (the noisy latent x_t, never updated), 2C output channels
 (epsilon prediction and variance interpolation) and h hidden channels ("genes"). One forward grows the output from
@@ -89,7 +89,8 @@ class LocalAttention(nn.Module):
             (N, T, D).
         """
         n, tokens, _ = x.shape
-        # q | k | v, each split as (heads, head_dim) with heads outermost (SPEC A 4.12); raster order = (H, W).
+        # q | k | v, each split as (heads, head_dim) with heads outermost (docs/REFERENCE.md §4.12); raster order = (H,
+        # W).
         qkv = self.to_qkv(x).view(n, height, width, 3, self.heads, self.head_dim)  # (N, H, W, 3, h, d)
         use_flex = self.backend == "flex" or (self.backend == "auto" and qkv.is_cuda)
         attend = flex_grid_local_attention if use_flex else grid_local_attention
@@ -112,7 +113,7 @@ class FeedForward(nn.Module):
 
 
 class Transformer(nn.Module):
-    """adaLN-Zero transformer with one adaLN projection shared by all its layers (SPEC A 4.5.4)."""
+    """adaLN-Zero transformer with one adaLN projection shared by all its layers (docs/REFERENCE.md §4.5.4)."""
 
     def __init__(
         self, dim: int, depth: int, heads: int, head_dim: int, mlp_dim: int, attention_backend: str = "slices"
@@ -216,7 +217,7 @@ class GeCA(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Initialise as SPEC A 4.8: at init every update is zero, so the prediction equals the seed."""
+        """Initialise as docs/REFERENCE.md §4.8: at init every update is zero, so the prediction equals the seed."""
 
         xavier_init_linears(self)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
@@ -230,7 +231,7 @@ class GeCA(nn.Module):
     def seed(
         self, x: torch.Tensor, size: int | tuple[int, int] | None = None, generator: rng.Generator = None
     ) -> torch.Tensor:
-        """Output + hidden seed state: zeros, one N(0, 1) centre cell in the output channels (SPEC A 4.3).
+        """Output + hidden seed state: zeros, one N(0, 1) centre cell in the output channels (docs/REFERENCE.md §4.3).
 
         Args:
             x: (N, ...) tensor giving the batch size, device and dtype (the noisy latent).
@@ -311,8 +312,8 @@ class GeCA(nn.Module):
             x = self.cell_to_embedding(cells) + pos  # (N, H*W, D)
             x = self.transformer(x, c, height, width)  # (N, H*W, D)
             update = self.final_layer(x, c)  # (N, H*W, 2C+h)
-            # The input channels (x_t) are carried unchanged; only output + hidden are updated (SPEC A 4.5.7).
-            # The masks are 0/1, so multiply-add with them is exact.
+            # The input channels (x_t) are carried unchanged; only output + hidden are updated
+            # (docs/REFERENCE.md §4.5.7). The masks are 0/1, so multiply-add with them is exact.
             kept, updated = cells[..., : self.in_channels], cells[..., self.in_channels :]
             if in_place:
                 if masks is None:
@@ -333,7 +334,7 @@ class GeCA(nn.Module):
         multi_scale: bool = False,
         generator: rng.Generator = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Grow the prediction from `extras` by `steps` cellular updates (SPEC A 4.6).
+        """Grow the prediction from `extras` by `steps` cellular updates (docs/REFERENCE.md §4.6).
 
         Args:
             x: (N, C, H, W) noisy latent x_t.
@@ -369,7 +370,8 @@ class GeCA(nn.Module):
             bounds = [round(i * self.steps / segments) for i in range(segments + 1)]
             for lo, hi in zip(bounds[:-1], bounds[1:]):
                 seg_masks = None if masks is None else masks[:, lo:hi]
-                # The conditioning goes into every segment (the reference's last segment dropped it, SPEC A 4.9).
+                # The conditioning goes into every segment (the reference's last segment dropped it,
+                # docs/REFERENCE.md §4.9).
                 cells = checkpoint(
                     self._steps, cells, c, pos, seg_masks, hi - lo, height, width, use_reentrant=False
                 )  # (N, H*W, C+2C+h)
@@ -390,7 +392,7 @@ class GeCA(nn.Module):
         extras: torch.Tensor | None = None,
         generator: rng.Generator = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classifier-free guidance with Gene Heredity Guidance (SPEC A 4.7).
+        """Classifier-free guidance with Gene Heredity Guidance (docs/REFERENCE.md §4.7).
 
         The output channels of `extras` are re-seeded from a fresh single centre cell (sized from the actual grid);
         the hidden channels are inherited from the previous denoising step. `extras` is not modified in place.
@@ -419,12 +421,12 @@ class GeCA(nn.Module):
 
 
 def GeCA_S(**kwargs) -> GeCA:
-    """GeCA-S (SPEC A 4.1): width 768, 12 heads x 64, MLP 3072, 64 hidden channels, 12 steps."""
+    """GeCA-S (docs/REFERENCE.md §4.1): width 768, 12 heads x 64, MLP 3072, 64 hidden channels, 12 steps."""
     return GeCA(hidden_size=768, num_heads=12, head_dim=64, mlp_dim=3072, hidden_channels=64, **kwargs)
 
 
 def GeCA_XS(**kwargs) -> GeCA:
-    """GeCA-XS (SPEC A 4.1): width 384, 6 heads x 64, MLP 64, 32 hidden channels, 12 steps."""
+    """GeCA-XS (docs/REFERENCE.md §4.1): width 384, 6 heads x 64, MLP 64, 32 hidden channels, 12 steps."""
     return GeCA(hidden_size=384, num_heads=6, head_dim=64, mlp_dim=64, hidden_channels=32, **kwargs)
 
 

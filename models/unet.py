@@ -1,4 +1,5 @@
-"""LDM-B: the UNet latent-diffusion baseline of the paper's tables, reconstructed on `diffusers.UNet2DModel` (SPEC C3).
+"""LDM-B: the UNet latent-diffusion baseline of the paper's tables, reconstructed on `diffusers.UNet2DModel`
+(docs/DECISIONS.md §C3).
 
 The paper gives only its size ("LDM-B, 17.3 M"); the reference repository has no code for it. The multi-hot label
 vector (after per-entry dropout in training, as for GeCA and DiT) is projected by one Linear layer into the time
@@ -95,7 +96,8 @@ class LDM(GuidedDenoiser, nn.Module):
 
 
 def LDM_B(**kwargs) -> LDM:
-    """LDM-B (SPEC C3): levels (64, 128, 256, 256), one layer per block, attention at the lowest level, head dim 32."""
+    """LDM-B (docs/DECISIONS.md §C3): levels (64, 128, 256, 256), one layer per block, attention at the lowest level,
+    head dim 32."""
     return LDM(block_out_channels=(64, 128, 256, 256), layers_per_block=1, attention_head_dim=32, **kwargs)
 
 

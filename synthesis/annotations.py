@@ -1,4 +1,4 @@
-"""The synthetic-set annotation files of the sampling scripts (SPEC 3.3, 3.4): CSV and label array."""
+"""The synthetic-set annotation files of the sampling scripts (docs/REFERENCE.md §3.3, §3.4): CSV and label array."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def write_annotations(
     """Write `{folder}/{csv_name}` and the stacked float label array, both atomically.
 
     The array goes to `{subdir}_annotations.npz.npy`: the reference passes a `.npz` name to `np.save`, which
-    appends `.npy`, and later tools look for that exact name (SPEC 10.26, kept).
+    appends `.npy`, and later tools look for that exact name (docs/REFERENCE.md §10.26, kept).
 
     Returns:
         The CSV path.

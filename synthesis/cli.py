@@ -25,7 +25,7 @@ AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """Flags common to `sample_ddp.py` and `sample_ddp_val.py` (SPEC 3.3) and this project's additions."""
+    """Flags common to `sample_ddp.py` and `sample_ddp_val.py` (docs/REFERENCE.md §3.3) and this project's additions."""
     p.add_argument("--model", type=str, choices=list(DiT_models.keys()), default="DiT-XL/2", help="registry key")
     p.add_argument(
         "--vae", type=str, default="ema", help="ema | mse (stabilityai/sd-vae-ft-*) or a local AutoencoderKL folder"

@@ -1,4 +1,5 @@
-"""Class-conditional synthesis shared by `sample_ddp.py` and `sample_ddp_val.py` (SPEC 3.3, 3.4, C2.3).
+"""Class-conditional synthesis shared by `sample_ddp.py` and `sample_ddp_val.py` (docs/REFERENCE.md §3.3, §3.4,
+docs/DECISIONS.md §C2.3).
 
 Every image has a global index i. Its noise (initial latent, seed cell, cellular update masks, DDPM noise) comes
 from its own generator seeded by (global seed, i), so an image does not depend on the world size, the rank, the
@@ -45,10 +46,10 @@ def sample_images(
     """Generate one image per label vector.
 
     With `cfg_scale > 1` the batch is doubled into [labels; zeros] and sampled through `forward_with_cfg` (for a
-    cellular model this is Gene Heredity Guidance: output channels re-seeded, hidden channels inherited, SPEC 4.7);
-    otherwise through `forward` with the labels, which carries output and hidden channels. Cellular models start
-    from their single seed cell. With `ghg=False` nothing is carried: every denoising step grows from a fresh seed
-    cell (output and hidden channels), as in training, drawn from the image's own generator.
+    cellular model this is Gene Heredity Guidance: output channels re-seeded, hidden channels inherited,
+    docs/REFERENCE.md §4.7); otherwise through `forward` with the labels, which carries output and hidden channels.
+    Cellular models start from their single seed cell. With `ghg=False` nothing is carried: every denoising step grows
+    from a fresh seed cell (output and hidden channels), as in training, drawn from the image's own generator.
 
     Args:
         model: denoiser in eval mode (EMA weights).

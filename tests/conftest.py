@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Tiny settings for CPU tests (STYLE 11): not paper configurations.
+# Tiny settings for CPU tests: not paper configurations.
 TINY_LATENT = 8
 TINY_CLASSES = 11
 TINY_CHANNELS = 4

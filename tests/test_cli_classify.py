@@ -26,7 +26,8 @@ TINY = ["--dataset", "oct", "--arch", "tiny", "--image-size", "32", "--batch-siz
 
 
 def make_sample_folder(data_path: Path, out: Path, folds: tuple[int, ...] = (0, 1), per_fold: int = 8) -> Path:
-    """A sample folder in sample_ddp.py's layout (SPEC 3.3): gen_samples/{index:06d}.png + train_syn_{fold}.csv.
+    """A sample folder in sample_ddp.py's layout (docs/REFERENCE.md §3.3): gen_samples/{index:06d}.png +
+    train_syn_{fold}.csv.
 
     The "synthetic" images are copies of each fold's first real training images, with their labels.
     """

@@ -1,4 +1,5 @@
-"""evaluate.py: the reference command line, and end-to-end runs on phantom images (SPEC 3.5, 9, C2.7)."""
+"""evaluate.py: the reference command line, and end-to-end runs on phantom images (docs/REFERENCE.md §3.5, §9,
+docs/DECISIONS.md §C2.7)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_readme_command_parses_with_reference_defaults():
     assert args.device_list == ["cuda:0"]
     assert (args.image_size, args.fold, args.gg_extractor, args.seed) == (256, 0, "dino", 0)
     defaults = evaluate.build_parser().parse_args(["--real", "r", "--gen", "g"])
-    assert defaults.device_list == ["cuda:0"]  # a list, so [0] is a device (reference quirk 10.20 fixed)
+    assert defaults.device_list == ["cuda:0"]  # a list, so [0] is a device (docs/REFERENCE.md §10.20, fixed)
     assert evaluate.build_parser().parse_args(["--real", "r", "--gen", "g", "--ft"]).ft is True
     assert evaluate.build_parser().parse_args(["--real", "r", "--gen", "g", "--ft", "x"]).ft == "x"
 
@@ -56,7 +57,7 @@ def make_sample_folder(real, gen, distort: bool, seed: int = 0) -> None:
         name = f"gen_samples_val/{i:06d}.png"
         image.save(gen / name)
         rows.append({"client_id": f"syn_{i}", "filename": name})
-    # A stray PNG beside the listed ones: GG must read only the CSV's files (SPEC C2.7).
+    # A stray PNG beside the listed ones: GG must read only the CSV's files (docs/DECISIONS.md §C2.7).
     Image.new("RGB", (64, 64)).save(gen / "gen_samples_val" / "stray.png")
     pd.DataFrame(rows).to_csv(gen / "val_syn_0.csv")
 

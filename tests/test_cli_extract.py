@@ -58,7 +58,7 @@ def test_reference_flags_and_defaults():
                 "num_classes": 1000, "fold": 0, "epochs": 1400, "global_batch_size": 256, "global_seed": 0,
                 "vae": "ema", "num_workers": 4, "log_every": 100, "ckpt_every": 50_000, "dataset": None,
                 "label_columns": None, "no_flip": False}  # fmt: skip
-    assert {k: getattr(args, k) for k in expected} == expected  # SPEC 3.1 table, plus the additive flags
+    assert {k: getattr(args, k) for k in expected} == expected  # docs/REFERENCE.md §3.1 table, plus the additive flags
     readme = ["--data-path", "data/oct_multilabel/", "--features-path", "store/oct_features/",
               "--global-batch-size", "128", "--fold", "0"]  # fmt: skip
     assert build_parser().parse_args(readme).global_batch_size == 128

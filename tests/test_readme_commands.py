@@ -1,4 +1,4 @@
-"""Every entry-script command in the README parses with that script's own parser (STYLE 11)."""
+"""Every entry-script command in the README parses with that script's own parser."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from tests.helpers.phantom_data import make_tiny_vae
 
 
 def test_constants():
-    assert LATENT_SCALE == 0.18215  # SD-VAE scaling factor used by the reference (SPEC 3)
+    assert LATENT_SCALE == 0.18215  # SD-VAE scaling factor used by the reference (docs/REFERENCE.md §3)
     assert VAE_HUB_IDS == {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 
 

@@ -26,7 +26,7 @@ def test_linear_schedule_values() -> None:
 
 def test_alphas_cumprod_closed_form() -> None:
     tables = diffusion_tables(linear_beta_schedule(1000))
-    # Independent product in plain Python floats; SPEC A 5.1 quotes abar_999 ~ 4.04e-5.
+    # Independent product in plain Python floats; docs/REFERENCE.md §5.1 quotes abar_999 ~ 4.04e-5.
     expected = math.prod(1.0 - (1e-4 + (0.02 - 1e-4) * k / 999) for k in range(1000))
     assert tables.alphas_cumprod[999] == pytest.approx(expected, rel=1e-10)
     assert tables.alphas_cumprod[999] == pytest.approx(4.04e-5, rel=2e-3)

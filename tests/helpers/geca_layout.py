@@ -1,4 +1,4 @@
-"""The reference GeCA's state-dict layout (SPEC A 4.11-4.12), written out independently of our model."""
+"""The reference GeCA's state-dict layout (docs/REFERENCE.md §4.11-4.12), written out independently of our model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ CLASSES = 11
 
 
 def reference_layout(dim: int, mlp: int, hidden: int, classes: int = CLASSES, heads: int = 12) -> dict:
-    """State-dict keys and shapes of the reference GeCA (SPEC A 4.11-4.12), as a function of its sizes."""
+    """State-dict keys and shapes of the reference GeCA (docs/REFERENCE.md §4.11-4.12), as a function of its sizes."""
     update = 2 * CHANNELS + hidden
     return {
         "t_embedder.mlp.0.weight": (dim, 256),

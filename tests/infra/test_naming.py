@@ -1,4 +1,5 @@
-"""Folder names that later commands depend on match the reference's (SPEC 3.2, 3.3); shared flag types."""
+"""Folder names that later commands depend on match the reference's (docs/REFERENCE.md §3.2, §3.3); shared flag
+types."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from infra.naming import experiment_dir, sample_folder_name
 
 
 def test_sample_folder_name_matches_reference_example():
-    # SPEC 3.3 / README example of the reference.
+    # docs/REFERENCE.md §3.3 / README example of the reference.
     name = sample_folder_name("GeCA-S", 0, 250, "./results/000-GeCA-S-0/checkpoints/best_ckpt.pt", 256, "ema", 1.5, 0)
     assert name == "GeCA-S-GS-fold-0-nstep-250-best_ckpt-size-256-vae-ema-cfg-1.5-seed-0"
     assert sample_folder_name("DiT-S/2", 3, 50, "x.pt", 512, "mse", 4.0, 7) == (

@@ -1,4 +1,5 @@
-"""DINOv2 GG features (SPEC B3, C4): Meta-layout weights load into timm and compute Meta's 224-px forward."""
+"""DINOv2 GG features (docs/PAPER.md §B3, docs/DECISIONS.md §C4): Meta-layout weights load into timm and compute Meta's
+224-px forward."""
 
 from __future__ import annotations
 

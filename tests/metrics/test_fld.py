@@ -1,4 +1,4 @@
-"""FLD generalization gap (SPEC B3): against a plain re-derivation in the test, and on synthetic Gaussians."""
+"""FLD generalization gap (docs/PAPER.md §B3): against a plain re-derivation in the test, and on synthetic Gaussians."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from metrics.fld import fit_log_variances, fld_score, generalization_gap
 
 
 def ref_fit(centres: torch.Tensor, train: torch.Tensor, g: torch.Generator, batch: int = 10_000) -> torch.Tensor:
-    """SPEC B3 "Bandwidth fitting", written out directly: explicit distances, explicit mixture terms."""
+    """docs/PAPER.md §B3 "Bandwidth fitting", written out directly: explicit distances, explicit mixture terms."""
     m, d = centres.shape
     train = train[torch.randperm(len(train), generator=g)]
     dist = ((train[:, None, :] - centres[None, :, :]) ** 2).sum(-1)  # (N_T, M)

@@ -1,4 +1,5 @@
-"""Inception KID features (SPEC 9.1, C4): the offline fid-helper weights give torch-fidelity's network."""
+"""Inception KID features (docs/REFERENCE.md §9.1, docs/DECISIONS.md §C4): the offline fid-helper weights give
+torch-fidelity's network."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""KID (SPEC 9.1): formula against NumPy, subset draws and statistics against torchmetrics, behaviour on Gaussians."""
+"""KID (docs/REFERENCE.md §9.1): formula against NumPy, subset draws and statistics against torchmetrics, behaviour on
+Gaussians."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""LPIPS diversity (SPEC 9.2): seeded pairing and statistics with a stand-in network; offline trunk loading."""
+"""LPIPS diversity (docs/REFERENCE.md §9.2): seeded pairing and statistics with a stand-in network; offline trunk
+loading."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-# Tiny CPU settings (STYLE 11), not paper configurations.
+# Tiny CPU settings, not paper configurations.
 GRID = 8
 CLASSES = 11
 CHANNELS = 4

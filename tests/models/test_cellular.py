@@ -20,7 +20,8 @@ from models.cellular import (
 
 
 def naive_local_attention(q, k, v, height, width, scale):
-    """Per-cell loop: 9 neighbours row-major over offsets, zero vectors outside the grid (SPEC A 4.5.5, A 6)."""
+    """Per-cell loop: 9 neighbours row-major over offsets, zero vectors outside the grid
+    (docs/REFERENCE.md §4.5.5, §6)."""
     n, heads, _, dim = q.shape
     out = torch.zeros_like(q)
     zero = torch.zeros(dim, dtype=q.dtype)
@@ -113,7 +114,8 @@ def test_seed_per_sample_generators_batch_invariant():
 
 
 def test_sinusoidal_table_values():
-    # Closed form of SPEC A 4.5.3: even j sin(n 10000^(-j/D)), odd j cos(n 10000^(-j/D)) (odd exponent quirk).
+    # Closed form of docs/REFERENCE.md §4.5.3: even j sin(n 10000^(-j/D)), odd j cos(n 10000^(-j/D)) (odd exponent
+    # quirk).
     table = sinusoidal_table_1d(20, 16)
     assert table.shape == (20, 16)
     for n, j in [(0, 0), (0, 1), (5, 2), (5, 3), (19, 15), (7, 8)]:

@@ -16,13 +16,14 @@ CLASSES, CHANNELS = 11, 4
 
 
 def reference_geca_t_state_dict(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random tensors under the reference's GeCA key names (SPEC A 4.11) at GeCA-T sizes, built without our model."""
+    """Random tensors under the reference's GeCA key names (docs/REFERENCE.md §4.11) at GeCA-T sizes, built without our
+    model."""
     shapes = reference_layout(dim=64, mlp=128, hidden=16, classes=CLASSES, heads=2)
     return {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
 
 
 def test_reference_checkpoint_loads_strictly(tmp_path, generator):
-    # Reference layout (SPEC A 8): "model" with DDP's module. prefix, "ema", "opt", and the parsed flags.
+    # Reference layout (docs/REFERENCE.md §8): "model" with DDP's module. prefix, "ema", "opt", and the parsed flags.
     ema = reference_geca_t_state_dict(generator)
     online = {f"module.{k}": v + 1 for k, v in ema.items()}
     args = argparse.Namespace(model="GeCA-S", image_size=256, global_batch_size=128)

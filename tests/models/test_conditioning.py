@@ -11,7 +11,7 @@ from models.conditioning import LabelEmbedder, drop_label_entries, guidance_comb
 
 
 def test_timestep_embedding_closed_form():
-    # SPEC A 4.4: f_i = exp(-ln(10000) i / 128), features [cos(t f_i), sin(t f_i)], cosines first.
+    # docs/REFERENCE.md §4.4: f_i = exp(-ln(10000) i / 128), features [cos(t f_i), sin(t f_i)], cosines first.
     emb = timestep_embedding(torch.tensor([0, 7, 999]), 256)
     assert emb.shape == (3, 256)
     for row, t in enumerate([0, 7, 999]):

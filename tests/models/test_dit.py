@@ -18,7 +18,7 @@ def tiny(**kw):
 
 
 def test_state_dict_equals_reference_layout():
-    # SPEC A 7: DiT-S/2, 11 classes, 32x32x4 latents.
+    # docs/REFERENCE.md §7: DiT-S/2, 11 classes, 32x32x4 latents.
     with torch.device("meta"):
         model = DiT_models["DiT-S/2"](input_size=32, num_classes=CLASSES, in_channels=CHANNELS)
     expected = {

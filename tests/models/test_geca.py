@@ -27,7 +27,7 @@ def test_state_dict_equals_reference_layout(key, dim, mlp, hidden):
 
 
 def test_initial_prediction_is_the_seed(batch, generator):
-    # SPEC A 4.8: zero final projection and gates -> every update is zero, the prediction equals the seed.
+    # docs/REFERENCE.md §4.8: zero final projection and gates -> every update is zero, the prediction equals the seed.
     model = tiny().eval()
     x, t, y = batch(2)
     seed = model.seed(x, generator=generator)

@@ -25,9 +25,9 @@ def test_registry_keys():
 @pytest.mark.parametrize(
     "key,expected",
     [
-        ("GeCA-S", 13_312_584),  # paper / SPEC A 4.1
-        ("GeCA-XS", 2_255_720),  # paper / SPEC A 4.1
-        ("DiT-S/2", 32_731_424),  # README "DiT-S 32.7 M", SPEC A 7, frozen pos table included
+        ("GeCA-S", 13_312_584),  # paper / docs/REFERENCE.md §4.1
+        ("GeCA-XS", 2_255_720),  # paper / docs/REFERENCE.md §4.1
+        ("DiT-S/2", 32_731_424),  # README "DiT-S 32.7 M", docs/REFERENCE.md §7, frozen pos table included
     ],
 )
 def test_paper_parameter_counts(key, expected):
@@ -37,7 +37,7 @@ def test_paper_parameter_counts(key, expected):
 
 
 def test_ldm_b_parameter_count():
-    # Paper: "LDM-B 17.3 M"; SPEC C3: about 17.29 M on 32x32x4 latents with 11 classes.
+    # Paper: "LDM-B 17.3 M"; docs/DECISIONS.md §C3: about 17.29 M on 32x32x4 latents with 11 classes.
     with torch.device("meta"):
         model = DiT_models["LDM-B"](input_size=32, num_classes=CLASSES, in_channels=CHANNELS)
     assert 17_200_000 <= count(model) <= 17_400_000

@@ -1,4 +1,4 @@
-"""LDM-B baseline on diffusers' UNet2DModel: architecture of SPEC C3, label conditioning, guidance."""
+"""LDM-B baseline on diffusers' UNet2DModel: architecture of docs/DECISIONS.md §C3, label conditioning, guidance."""
 
 from __future__ import annotations
 
