@@ -16,12 +16,15 @@ import pytest
 import torch
 
 import train
+import training.loop
 from data.select import build_dataset
 from data.transforms import image_transform
 from data.vae import encode_latents, load_vae
 from infra.checkpoint import find_model, load_checkpoint, non_finite_entries, save_checkpoint
+from infra.run_args import given_flags
 from models import DiT_models
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
+from training.experiment import METRIC_FIELDS, truncate_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64  # -> 8 x 8 latents
@@ -438,7 +441,7 @@ def test_too_small_images_are_refused_for_the_crop(workspace, tmp_path):
 
 def _poison_after(monkeypatch, ema_updates: int) -> None:
     """Make the model's weights NaN right after optimiser step `ema_updates` (a step whose loss was finite)."""
-    real_update, calls = train.update_ema, []
+    real_update, calls = training.loop.update_ema, []
 
     def update_then_poison(ema, model, decay=0.9999):
         real_update(ema, model, decay)
@@ -447,7 +450,7 @@ def _poison_after(monkeypatch, ema_updates: int) -> None:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(train, "update_ema", update_then_poison)
+    monkeypatch.setattr(training.loop, "update_ema", update_then_poison)
 
 
 def test_non_finite_weights_never_reach_a_checkpoint(workspace, tmp_path, monkeypatch):
@@ -499,6 +502,108 @@ def test_resume_applies_and_logs_changed_flags_or_refuses_them(workspace, tmp_pa
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "mode", "cfg", "ghg"),
+    [
+        ("GeCA-T", "legacy", "1.5", True),  # legacy ignores --cfg-scale and the labels
+        ("GeCA-T", "final", "1.5", True),
+        ("GeCA-T", "final", "1", True),
+        ("GeCA-T", "final", "1.5", False),
+        ("DiT-T/2", "final", "1.5", True),
+    ],
+)
+def test_validation_samples_follow_their_rule(key, mode, cfg, ghg):
+    """Validator._sample (through sample_images) against the rule written out: same seeds, calls and bits."""
+    from data.transforms import to_uint8
+    from diffusion import create_diffusion
+    from infra import rng
+    from training.validation import Validator
+
+    torch.manual_seed(0)
+    net = DiT_models[key](input_size=8, num_classes=11, in_channels=4).eval()
+    ema = DiT_models[key](input_size=8, num_classes=11, in_channels=4).eval()  # other weights: shows which is used
+    for module in (net, ema):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.01 * torch.randn_like(p))  # zero-initialised output layers would hide the difference
+    flags = ["--model", key, "--val-mode", mode, "--cfg-scale", cfg, "--diffusion-steps", "30"]
+    flags += ["--num-sampling-steps", "4", "--global-seed", "3", "--num-classes", "11", "--in_channels", "4"]
+    args = train.build_parser().parse_args([*flags, "--ghg" if ghg else "--no-ghg"])
+    # Validator.__init__ gives legacy the full-length diffusion; 4 steps keep this untrained net's samples unsaturated
+    # enough to tell noise streams apart.
+    diffusion = create_diffusion("4", diffusion_steps=30)
+    labels = torch.eye(11)[:4]
+    validator = object.__new__(Validator)  # only what _sample reads
+    validator.args, validator.net, validator.device, validator.latent_size = args, net, torch.device("cpu"), 8
+    validator.diffusion, validator.vae, validator.real_labels = diffusion, None, labels
+    got = validator._sample(ema, 1, 3, step=5)
+
+    # The rule, written out: images 1 and 2 of the validation at step 5 under seed 3.
+    model = net if mode == "legacy" else ema
+    gens = rng.sample_generators([(3 * rng.SEED_STRIDE + 5) * 10_000 + i for i in (1, 2)])
+    z = rng.randn((2, 4, 8, 8), gens)
+    y = torch.zeros(2, 11) if mode == "legacy" else labels[1:3]
+    kwargs, fn = {"y": y}, model.forward
+    if mode == "final" and float(cfg) > 1:
+        z, kwargs, fn = (
+            torch.cat([z, z]),
+            {"y": torch.cat([y, torch.zeros_like(y)]), "cfg_scale": 1.5},
+            model.forward_with_cfg,
+        )
+    if ghg and key == "GeCA-T":
+        kwargs["extras"] = model.seed(z, generator=gens)
+    with torch.no_grad():
+        x0 = diffusion.p_sample_loop(fn, z.shape, noise=z, model_kwargs=kwargs, generator=gens, inherit_state=ghg)
+    want = to_uint8(x0[:2])
+    assert got.dtype == torch.uint8 and torch.equal(got, want)
+    # Legacy samples the online network, final the EMA one: swapping them changes the images.
+    validator.net = ema
+    assert not torch.equal(validator._sample(net, 1, 3, step=5), got)
+
+
+def run_cli(argv: list[str]) -> Path:
+    """train.py as its command line runs it: main also learns which flags were given."""
+    parser = train.build_parser()
+    return train.main(parser.parse_args(argv), given_flags(parser, argv))
+
+
+def test_resume_takes_the_model_shape_from_the_checkpoint(workspace, tmp_path):
+    # Pixels of 8 px, 3 channels, 21 diffusion steps: none of the defaults, so nothing matches by accident.
+    common = ["--epochs", "2", "--validate_every", "0", *IMAGE_SPACE, "--diffusion-steps", "21"]
+    straight = run_cli(base_args(workspace, tmp_path / "a", *common, "--max-steps", "2"))
+    exp = run_cli(base_args(workspace, tmp_path / "b", *common, "--max-steps", "1"))
+    # Only where the data are and how far to go; the model, its input, T, fold and batch come from the checkpoint.
+    short = ["--resume", str(exp), "--feature-path", str(workspace["features"]), "--data-path", str(workspace["root"])]
+    short += ["--num-workers", "0", "--validate_every", "0", "--max-steps", "2"]
+    assert run_cli(short) == exp
+    log = (exp / "log.txt").read_text()
+    taken = (
+        f"from the checkpoint: --model GeCA-T, --image-size 8, --in_channels 3, --num-classes 11, --image_space, "
+        f"--diffusion-steps 21, --vae {workspace['vae']}, --global-seed 0, --global-batch-size 4, --fold 0"
+    )
+    assert taken in log
+    # Every other flag left out keeps the run's value, not the parser's default (--epochs 2, not 1400; --lr, ...).
+    assert "--epochs 2" in log.split(taken, 1)[1].splitlines()[0] and "--epochs 2 -> 1400" not in log
+    assert "--resume: --max-steps 1 -> 2: applied from the first resumed step" in log  # a given flag: logged
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(exp / "checkpoints" / "last.pt")
+    for key in ("model", "ema", "opt", "train_steps", "rng"):
+        assert_identical(a[key], b[key], key)  # continued exactly as the uninterrupted run
+    saved = b["args"]
+    assert (saved.model, saved.image_size, saved.in_channels, saved.num_classes) == ("GeCA-T", 8, 3, 11)
+    assert saved.image_space and saved.diffusion_steps == 21
+    # A given flag that contradicts the checkpoint: one line naming both values, before any work.
+    with pytest.raises(ValueError) as err:
+        run_cli([*short, "--max-steps", "3", "--model", "DiT-T/2"])
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (
+        f"--model DiT-T/2 contradicts --resume {exp / 'checkpoints' / 'last.pt'}, which was trained with "
+        "--model GeCA-T; drop the flag to use the checkpoint's setting"
+    )
+    assert load_checkpoint(exp / "checkpoints" / "last.pt")["train_steps"] == 2
+
+
 def test_resume_refuses_unreadable_or_non_resumable_checkpoints(workspace, tmp_path):
     exp = run_train(base_args(workspace, tmp_path / "r", "--epochs", "1", "--validate_every", "0", "--max-steps", "1"))
     last = exp / "checkpoints" / "last.pt"
@@ -526,12 +631,12 @@ def test_resume_removes_temporary_files_of_killed_writes(workspace, tmp_path):
 
 def test_truncate_metrics_drops_later_rows_a_torn_line_and_a_redone_validation(tmp_path):
     path = tmp_path / "metrics.csv"
-    header = ",".join(train.METRIC_FIELDS)
+    header = ",".join(METRIC_FIELDS)
     rows = ["1,0,0.5,1,4,,", "2,0,0.4,1,4,,", "2,0,,,,0.1,0.01", "3,1,0.3,1,4,,", "4,1,0.2"]
     path.write_text("\n".join([header, *rows]))  # the last line was cut by a kill: no newline
-    train.truncate_metrics(path, 3)
+    truncate_metrics(path, 3)
     assert path.read_text().splitlines()[1:] == rows[:4]
-    train.truncate_metrics(path, 2, drop_kid_at_last_step=True)
+    truncate_metrics(path, 2, drop_kid_at_last_step=True)
     assert path.read_text().splitlines()[1:] == rows[:2]
 
 

@@ -11,6 +11,17 @@ from infra.precision import tf32_state
 from tests.helpers.phantom_data import make_phantom_oct
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state: a run without mixed precision earlier in this pytest process would make
+    the bf16 Accelerator of this test refuse to start. Reset it before and after, as a fresh process would be."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
 @pytest.mark.parametrize("model", ["GeCA-T", "DiT-T/2"])
 def test_bf16_forward_autocast_float32_loss(tmp_path, monkeypatch, model):
     # accelerate's prepare() runs the forward under autocast and returns float32 outputs; the reference computes the

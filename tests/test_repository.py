@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Written in pieces so that this file does not match itself.
 OUTSIDE_PATH = "../" + "shared"
-# A citation of the project's former planning documents ("SPEC A 4.3", "SPEC C2.9", "STYLE 11") instead of docs/.
+# A citation of the project's former planning documents (a section of the spec or of the style guide) instead of docs/.
 OUTSIDE_CITATION = re.compile(r"\b(" + "SP" + "EC|" + "ST" + r"YLE)\b(\s+(Part\s+)?[A-C]?\s?\d|\.md|'s)")
 
 
