@@ -172,7 +172,7 @@ def _oct_layer_lesions(
         region = _bump(u, c, w, 0.5)
         thick[_L["RPE"]] *= 1 + 1.6 * region
         thick[_L["OS"] : _L["RPE"]] *= 1 + 0.8 * region
-        gaps = np.repeat(r.random(max(S // 4, 1)) < 0.45, 4)[:S]
+        gaps = np.repeat(r.random(-(-S // 4)) < 0.45, 4)[:S]  # ceil: any size, multiples of 4 unchanged
         refl[_L["RPE"]] = np.where(gaps & (region > 0.2), 0.35, refl[_L["RPE"]])
         refl[_L["ISOS"]] *= 1 - 0.7 * region
     if on["CNV"]:  # choroidal neovascularisation thickens the outer retina around the lesion

@@ -1,6 +1,6 @@
 """The whole GeCA study on the embedded phantom data, in one command (`make demo`).
 
-    python -m demo --out demo_out            # full demo, about 20 minutes on 2 CPU cores
+    python -m demo --out demo_out            # full demo, about 21 minutes on 2 CPU cores
     python -m demo --out demo_out --quick    # the same stages at the smallest sizes, a few minutes
 
 Runs the real entry scripts stage by stage (phantom data, a domain VAE, latents under torchrun, training of GeCA-T /

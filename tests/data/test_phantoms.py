@@ -78,6 +78,14 @@ def test_oct_layers_and_background():
     assert img[:8].mean() < 40 < img[28:40].mean()  # dark vitreous above bright retina
 
 
+@pytest.mark.parametrize("size", [8, 33, 62])
+def test_every_label_draws_at_sizes_that_are_not_multiples_of_four(size):
+    # Wet AMD's RPE gaps come in runs of 4 columns; they once came out shorter than the image at such sizes.
+    for labels in [*np.eye(len(OCT_LABELS), dtype=np.int64), np.ones(len(OCT_LABELS), dtype=np.int64)]:
+        img = draw_oct(labels, size, image_seed(1, 0))
+        assert img.shape == (size, size, 3) and img.dtype == np.uint8
+
+
 def test_oct_bytes_match_the_snapshot_taken_before_draw_oct_was_split():
     # Regression snapshot (issue 14): SHA-256 of these 24 images, recorded with the single-function draw_oct before it
     # was split into its section helpers (numpy 2 / scipy on x86-64). Every label alone plus all labels together, at
