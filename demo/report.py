@@ -19,6 +19,7 @@ import json
 import math
 import shlex
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,20 +98,25 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 # Figures
 
 
-def _tile(path: Path, size: int) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((size, size), Image.NEAREST))
+def array_grid(images: Sequence[np.ndarray], cols: int, tile: int = GRID_TILE, pad: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8 grid of (h, w, 3) uint8 images, each resized (nearest neighbour) to `tile` pixels, white
+    padding."""
+    rows = math.ceil(len(images) / cols)
+    grid = np.full((rows * (tile + pad) + pad, cols * (tile + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (tile + pad), pad + c * (tile + pad)
+        grid[y : y + tile, x : x + tile] = np.asarray(Image.fromarray(img).resize((tile, tile), Image.NEAREST))
+    return grid
 
 
 def image_grid(paths: list[Path], cols: int, tile: int = GRID_TILE, pad: int = 2) -> np.ndarray:
-    """(H, W, 3) uint8 grid of the images, each enlarged (nearest neighbour) to `tile` pixels, white padding."""
-    rows = math.ceil(len(paths) / cols)
-    grid = np.full((rows * (tile + pad) + pad, cols * (tile + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, path in enumerate(paths):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (tile + pad), pad + c * (tile + pad)
-        grid[y : y + tile, x : x + tile] = _tile(path, tile)
-    return grid
+    """array_grid of the image files (any size and mode, shown as RGB)."""
+    arrays = []
+    for path in paths:
+        with Image.open(path) as img:
+            arrays.append(np.asarray(img.convert("RGB")))
+    return array_grid(arrays, cols, tile, pad)
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -287,17 +293,6 @@ def vae_reconstructions(lay: Layout, images: list[Path], size: int) -> np.ndarra
     return to_uint8(recon).permute(0, 2, 3, 1).numpy()
 
 
-def grid_of_arrays(images: np.ndarray, cols: int, tile: int = GRID_TILE, pad: int = 2) -> np.ndarray:
-    """Like image_grid, for (N, H, W, 3) uint8 arrays."""
-    rows = math.ceil(len(images) / cols)
-    grid = np.full((rows * (tile + pad) + pad, cols * (tile + pad) + pad, 3), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (tile + pad), pad + c * (tile + pad)
-        grid[y : y + tile, x : x + tile] = np.asarray(Image.fromarray(img).resize((tile, tile), Image.NEAREST))
-    return grid
-
-
 def panels(grids: list[tuple[str, np.ndarray]], path: Path) -> None:
     """Image grids side by side, each with its title."""
     height, width = grids[0][1].shape[:2]
@@ -311,13 +306,13 @@ def panels(grids: list[tuple[str, np.ndarray]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def sample_stats(lay: Layout, p: Profile) -> dict[str, dict[str, float]]:
-    """Pixel statistics of the real validation images, their VAE reconstructions and every validation copy."""
+def sample_stats(lay: Layout, p: Profile, recon: np.ndarray | None) -> dict[str, dict[str, float]]:
+    """Pixel statistics of the real validation images, their VAE reconstructions `recon` (None: no VAE) and every
+    validation copy."""
     val = read_fold_csv(lay.data / f"val_{FOLD}.csv")
-    real_paths = [lay.data / name for name in val["filename"]]
-    stats = {"real (validation)": pixel_stats(load_images(real_paths))}
-    if (lay.vae / "config.json").is_file():
-        stats["VAE reconstruction"] = pixel_stats(vae_reconstructions(lay, real_paths, p.image_size))
+    stats = {"real (validation)": pixel_stats(load_images([lay.data / name for name in val["filename"]]))}
+    if recon is not None:
+        stats["VAE reconstruction"] = pixel_stats(recon)
     for v in VARIANTS:
         folder = lay.sample_folder(v, p) / "gen_samples_val"
         files = sorted(folder.glob("*.png")) if folder.is_dir() else []
@@ -326,13 +321,13 @@ def sample_stats(lay: Layout, p: Profile) -> dict[str, dict[str, float]]:
     return stats
 
 
-def samples_section(lay: Layout, p: Profile, stats: dict[str, dict[str, float]]) -> str:
+def samples_section(lay: Layout, p: Profile, stats: dict[str, dict[str, float]], recon: np.ndarray | None) -> str:
     val = read_fold_csv(lay.data / f"val_{FOLD}.csv")
     count = min(16, len(val))
     real = [lay.data / name for name in val["filename"].iloc[:count]]
     grids = [("real (validation)", image_grid(real, cols=4))]
-    if (lay.vae / "config.json").is_file():
-        grids.append(("VAE reconstruction", grid_of_arrays(vae_reconstructions(lay, real, p.image_size), cols=4)))
+    if recon is not None:
+        grids.append(("VAE reconstruction", array_grid(recon[:count], cols=4)))
     lines = [
         "## 4. Samples",
         "",
@@ -357,9 +352,13 @@ def samples_section(lay: Layout, p: Profile, stats: dict[str, dict[str, float]])
     lines += ["![real, VAE reconstruction and samples](report_assets/samples.png)", "", *missing, ""]
     real_sat = stats["real (validation)"]["saturated"]
     rows = [
-        [name, f"{s['mean']:.1f}", f"{s['std']:.1f}", f"{100 * s['saturated']:.2f}", f"{s['saturated'] / real_sat:.2f}"]
-        if real_sat > 0
-        else [name, f"{s['mean']:.1f}", f"{s['std']:.1f}", f"{100 * s['saturated']:.2f}", "n/a"]
+        [
+            name,
+            f"{s['mean']:.1f}",
+            f"{s['std']:.1f}",
+            f"{100 * s['saturated']:.2f}",
+            f"{s['saturated'] / real_sat:.2f}" if real_sat > 0 else "n/a",
+        ]
         for name, s in stats.items()
     ]
     lines += [
@@ -602,7 +601,12 @@ def main(args: argparse.Namespace) -> Path:
             stamps[stage.name] = json.loads(path.read_text())
     lay.assets.mkdir(parents=True, exist_ok=True)
     params = parameter_counts(models, p.image_size)
-    stats = sample_stats(lay, p)
+    # The VAE's reconstructions of every real validation image: their statistics and the first ones' grid.
+    recon = None
+    if (lay.vae / "config.json").is_file():
+        val = read_fold_csv(lay.data / f"val_{FOLD}.csv")
+        recon = vae_reconstructions(lay, [lay.data / name for name in val["filename"]], p.image_size)
+    stats = sample_stats(lay, p, recon)
     head = [
         f"# GeCA demo report ({p.name} profile)",
         "",
@@ -627,7 +631,7 @@ def main(args: argparse.Namespace) -> Path:
         dataset_section(lay, p),
         vae_section(lay, p),
         training_section(lay, p, models, params),
-        samples_section(lay, p, stats),
+        samples_section(lay, p, stats, recon),
         quality_section(lay, p, params),
         classification_section(lay),
         checks_section(lay, stats, quick=p.name == "quick"),

@@ -23,6 +23,7 @@ from data.vae import encode_latents, load_vae
 from infra.checkpoint import find_model, load_checkpoint, non_finite_entries, save_checkpoint
 from infra.run_args import given_flags
 from models import DiT_models
+from tests.helpers.compare import assert_identical
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
 from training.experiment import METRIC_FIELDS, truncate_metrics
 
@@ -170,22 +171,6 @@ def seeded_features(monkeypatch):
     monkeypatch.setattr(
         metrics.inception, "load_inception", lambda weights=None, device="cpu": SeededProjectionFeatures()
     )
-
-
-def assert_identical(a, b, where: str = "") -> None:
-    """Bit-for-bit equality of nested checkpoint contents (tensors: same dtype, shape and every bit)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def metric_rows(exp: Path) -> list[tuple[str, ...]]:

@@ -29,6 +29,7 @@ import train
 from infra.atomic_io import temp_file_target
 from infra.checkpoint import load_checkpoint, non_finite_entries
 from metrics.inception import default_inception_weights
+from tests.helpers.compare import assert_identical
 from tests.helpers.phantom_data import make_phantom_oct
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,22 +97,6 @@ def run_to_end(cmd: list[str]) -> None:
 
 def count_in(path: Path, text: str) -> int:
     return path.read_text().count(text) if path.exists() else 0
-
-
-def assert_identical(a, b, where: str = "") -> None:
-    """Bit-for-bit equality of nested checkpoint contents."""
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def check_every_file(folder: Path) -> None:
