@@ -140,6 +140,8 @@ def prepare(args: argparse.Namespace) -> tuple[list[Condition], tuple[str, ...],
     if len(set(args.folds)) != len(args.folds) or len(set(args.seeds)) != len(args.seeds):
         raise ValueError("--folds and --seeds must not repeat values")
     conditions = parse_conditions(args.conditions)
+    if not any(c.trains for c in conditions):
+        raise ValueError(f"--conditions: {[c.spec() for c in conditions]} train nothing; add '{BASELINE}'")
     label_names = study_labels(args)
     cfg = train_config(args)
     weights = find_pretrained(args.arch, args.pretrained)
@@ -202,8 +204,9 @@ def main(args: argparse.Namespace) -> dict:
     for w in warnings:
         logger.warning(f"WARNING: {w}")
 
+    trained = [c for c in conditions if c.trains]  # gan-test entries are scored only
     if args.dry_run:
-        for c in conditions:
+        for c in trained:
             for fold, data in folds.items():
                 key = run_hash(cfg, weights, label_names, c, Path(args.data_path), data)
                 for seed in args.seeds:
@@ -222,7 +225,7 @@ def main(args: argparse.Namespace) -> dict:
     gan_test = args.gan_test and bool(sets)
     with logging_redirect_tqdm(loggers=[logger]):
         records = run_study(
-            conditions,
+            trained,
             folds,
             args.seeds,
             cfg,
@@ -256,7 +259,7 @@ def main(args: argparse.Namespace) -> dict:
                 eval_batch_size=args.eval_batch_size,
                 resume=args.resume,
             )
-    summaries = summarize(records, conditions, label_names, args.test, args.test_metric)
+    summaries = summarize(records, trained, label_names, args.test, args.test_metric)
     fidelity = summarize_label_fidelity(
         summaries, gan_test_records, conditions, "" if args.gan_test else "not computed (--no-gan-test)"
     )

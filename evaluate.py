@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from importlib import metadata
@@ -53,8 +54,9 @@ from metrics.features import (
 )
 from metrics.fld import generalization_gap
 from metrics.inception import load_inception
-from metrics.kid import kid
+from metrics.kid import kid, kid_standard_error
 from metrics.lpips_diversity import load_lpips, lpips_diversity
+from metrics.reconstruction import reconstruction_set
 
 KID_SUBSETS = 100  # torchmetrics' default, used by the reference
 GG_EXTRACTORS = ("dino", "inception", "clip")
@@ -203,7 +205,8 @@ def compute_gg(
 
 
 def compute_kid(bank: FeatureBank, real_images: ImageSet, gen_images: ImageSet, seed: int) -> dict[str, Any]:
-    """KID over 100 subsets of size len(generated) // 4 (docs/REFERENCE.md §9.1)."""
+    """KID over 100 subsets of size len(generated) // 4 (docs/REFERENCE.md §9.1), and its standard error over the
+    generated images (metrics.kid.kid_standard_error)."""
     subset_size = len(gen_images) // 4
     if not 2 <= subset_size <= len(real_images):
         raise MetricUnavailable(
@@ -212,11 +215,14 @@ def compute_kid(bank: FeatureBank, real_images: ImageSet, gen_images: ImageSet, 
     real = bank.features("inception", real_images)
     fake = bank.features("inception", gen_images)
     mean, std = kid(real, fake, KID_SUBSETS, subset_size, torch.Generator().manual_seed(seed))
+    se = kid_standard_error(real, fake) if len(fake) >= 3 else math.nan
     return {
         "mean": mean,
         "std": std,
+        "se": se,
         "mean_x1e3": mean * 1e3,
         "std_x1e3": std * 1e3,
+        "se_x1e3": se * 1e3,
         "subsets": KID_SUBSETS,
         "subset_size": subset_size,
         "weights": bank.weights_file("inception"),
@@ -253,21 +259,35 @@ def run_metric(name: str, compute: Callable[[], dict[str, Any]], logger: logging
         return {"available": False, "reason": str(err)}
 
 
+# Rows of the printed table: (results key, label).
+TABLE_ROWS = (
+    ("KID", "KID (x1e3)"),
+    ("LPIPS", "LPIPS diversity"),
+    ("GG", "GG"),
+    ("KID_recon", "KID vs recon"),
+    ("GG_recon", "GG vs recon"),
+    ("KID_floor", "KID recon-real"),
+    ("GG_floor", "GG recon-real"),
+)
+
+
+def format_entry(name: str, entry: dict[str, Any]) -> str:
+    """One metric as text: KID x 1e3 as mean ± std (standard error), LPIPS as mean ± std, GG as a number."""
+    if not entry["available"]:
+        return f"unavailable: {entry['reason']}"
+    if name.startswith("KID"):
+        return f"{entry['mean_x1e3']:.4f} ± {entry['std_x1e3']:.4f} (standard error {entry['se_x1e3']:.4f})"
+    if name == "LPIPS":
+        return f"{entry['mean']:.4f} ± {entry['std']:.4f}"
+    return f"{entry['value']:.4f} ({entry['extractor']} features)"
+
+
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """The printed summary: KID x 1e3 and LPIPS as mean ± std, GG as a number, or the reason a metric is missing."""
-    rows = []
-    for name, label in (("KID", "KID (x1e3)"), ("LPIPS", "LPIPS diversity"), ("GG", "GG")):
-        entry = results[name]
-        if not entry["available"]:
-            text = f"unavailable: {entry['reason']}"
-        elif name == "KID":
-            text = f"{entry['mean_x1e3']:.4f} ± {entry['std_x1e3']:.4f}"
-        elif name == "LPIPS":
-            text = f"{entry['mean']:.4f} ± {entry['std']:.4f}"
-        else:
-            text = f"{entry['value']:.4f} ({entry['extractor']} features)"
-        rows.append(f"{label:<16} {text}")
-    return "\n".join(rows)
+    """The printed summary, one metric a line, or the reason a metric is missing (the --recon-vae rows only when
+    computed)."""
+    return "\n".join(
+        f"{label:<16} {format_entry(name, results[name])}" for name, label in TABLE_ROWS if name in results
+    )
 
 
 def package_versions() -> dict[str, str]:
@@ -317,13 +337,57 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise MetricUnavailable(train_error)
         return compute_gg(bank, args.gg_extractor, train_set, gg_test_set, gen_set, args.seed + SEED_OFFSETS["GG"])
 
+    kid_seed, gg_seed = args.seed + SEED_OFFSETS["KID"], args.seed + SEED_OFFSETS["GG"]
     results = {
         "GG": run_metric("GG", gg, logger),
-        "KID": run_metric("KID", lambda: compute_kid(bank, real_set, gen_set, args.seed + SEED_OFFSETS["KID"]), logger),
+        "KID": run_metric("KID", lambda: compute_kid(bank, real_set, gen_set, kid_seed), logger),
         "LPIPS": run_metric(
             "LPIPS", lambda: compute_lpips(args, device, gen_set, args.seed + SEED_OFFSETS["LPIPS"]), logger
         ),
     }
+    recon_folder = None
+    if args.recon_vae is not None:
+        # The same metrics against the VAE's reconstructions of the real images (the decoder's loss on both sides),
+        # and the reconstructions against the real images: the floor every latent model of this VAE shares.
+        recon_root = Path(args.recon_dir) if args.recon_dir else Path(args.gen).resolve().parent / "reconstructions"
+        val_labels = None if kind == "retinamnist" else read_fold_csv(fold_csv_path(args.real, real_split, args.fold))
+        recon_val = reconstruction_set(
+            real_set,
+            args.recon_vae,
+            recon_root,
+            device,
+            args.batch_size,
+            labels=None if val_labels is None else val_labels.drop(columns=["filename"]),
+            csv_name=f"val_syn_{args.fold}.csv",
+        )
+        recon_folder = str(Path(recon_val.keys[0]).parent)
+        logger.info(f"VAE reconstructions of the real {real_split} images: {recon_folder}")
+
+        def recon_train() -> ImageSet:
+            if train_set is None:
+                raise MetricUnavailable(train_error)
+            crop = (
+                train_set if args.gg_real_crop else real_image_set(args.real, kind, "train", args.fold, args.image_size)
+            )
+            return reconstruction_set(crop, args.recon_vae, recon_root, device, args.batch_size)
+
+        def gg_floor() -> dict[str, Any]:
+            if train_set is None:
+                raise MetricUnavailable(train_error)
+            return compute_gg(bank, args.gg_extractor, train_set, gg_test_set, recon_val, gg_seed)
+
+        results["KID_recon"] = run_metric(
+            "KID vs reconstructions", lambda: compute_kid(bank, recon_val, gen_set, kid_seed), logger
+        )
+        results["GG_recon"] = run_metric(
+            "GG vs reconstructions",
+            lambda: compute_gg(bank, args.gg_extractor, recon_train(), recon_val, gen_set, gg_seed),
+            logger,
+        )
+        results["KID_floor"] = run_metric(
+            "KID of the reconstructions", lambda: compute_kid(bank, real_set, recon_val, kid_seed), logger
+        )
+        results["GG_floor"] = run_metric("GG of the reconstructions", gg_floor, logger)
 
     # Report: console table, JSON file, optional wandb.
     print(format_table(results))
@@ -334,6 +398,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "fold": args.fold,
         "image_size": args.image_size,
         "gg_real_images": f"centre crop {args.image_size}" if args.gg_real_crop else "whole",
+        "recon_vae": args.recon_vae,
+        "reconstructions": recon_folder,
         "seed": args.seed,
         "device": str(device),
         "versions": package_versions(),
@@ -408,6 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default=None,
         help="torchvision AlexNet weights for LPIPS (default: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth)",
+    )
+    parser.add_argument(
+        "--recon-vae",
+        type=str,
+        default=None,
+        help="also compare with this VAE's reconstructions of the real images (ema | mse | an AutoencoderKL folder: "
+        "the VAE the samples were decoded by): KID and GG against the reconstructions, and of the reconstructions "
+        "against the real images (the floor every latent model of that VAE shares; docs/DECISIONS.md §C9)",
+    )
+    parser.add_argument(
+        "--recon-dir",
+        type=str,
+        default=None,
+        help="where --recon-vae's reconstructions are written and reused: {recon-dir}/real_val/ (with "
+        "val_syn_{fold}.csv, which classify.py's gan-test:NAME=DIR scores) and real_train/ (default: a folder "
+        "'reconstructions' beside --gen)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--num-workers", type=int, default=4, help="image-decoding workers")

@@ -34,6 +34,7 @@ from training.experiment import console_logger, open_experiment, plot_curves
 from training.flags import check_args, check_input_size
 from training.loop import TrainingRun, run_training
 from training.resume import open_resume, restore
+from training.selection import BEST_RULES
 from training.state import Checkpoints, RunState
 from training.validation import Validator
 
@@ -220,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale of --val-mode final")
     p.add_argument("--num-sampling-steps", type=int, default=250, help="respaced steps of --val-mode final")
+    p.add_argument(
+        "--best-rule",
+        choices=list(BEST_RULES),
+        default="lowest",
+        help="which validation becomes best_ckpt.pt: lowest = the lowest KID (reference); within-noise = the latest "
+        "whose KID is within 2 standard errors of the lowest (docs/DECISIONS.md §C9)",
+    )
     p.add_argument(
         "--ghg",
         action=argparse.BooleanOptionalAction,

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from data.select import add_dataset_arguments, build_dataset, pick_dataset
 from data.transforms import image_transform, to_uint8
 from data.vae import posterior_sample
+from data.vae import reconstruct as reconstruct_images
 from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_save_grid, atomic_write_text
 from infra.checkpoint import load_checkpoint, save_checkpoint
@@ -198,7 +199,7 @@ def reconstruct(
     psnrs, reals, fakes = [], [], []
     for x, _ in tqdm(loader, desc="reconstruction", unit="batch"):
         x = x.to(device)
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample  # (B, 3, H, W)
+        recon = reconstruct_images(vae, x)  # (B, 3, H, W)
         real_u8, fake_u8 = to_uint8(x).cpu(), to_uint8(recon).cpu()
         psnrs.append(psnr_uint8(real_u8, fake_u8))
         if sum(len(r) for r in reals) < GRID_IMAGES:

@@ -162,3 +162,10 @@ def decode_latents(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
         (N, 3, 8h, 8w) images in about [-1, 1].
     """
     return vae.decode(z / latent_scale(vae)).sample
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
+    """The VAE's reconstruction of (N, 3, H, W) images in [-1, 1]: decoded from the posterior mean (no noise, no
+    scaling factor: it cancels between encoding and decoding)."""
+    return vae.decode(vae.encode(x).latent_dist.mean).sample

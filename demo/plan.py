@@ -53,6 +53,8 @@ class Variant:
 
 # Every synthetic set: one per model, plus GeCA without GHG.
 VARIANTS: tuple[Variant, ...] = (*(Variant(m) for m in DEMO_MODELS), Variant(ABLATION_MODEL, ghg=False))
+# The label-fidelity name of the domain VAE's reconstructions of the real validation images.
+RECON_SET = "VAE-reconstruction"
 # The sets that also get an augmentation set and enter the classification study (GeCA without GHG gets a validation
 # copy only: image quality and pixel statistics, within the demo's time budget).
 STUDIED: tuple[Variant, ...] = tuple(v for v in VARIANTS if v.ghg)
@@ -98,6 +100,16 @@ class Layout:
     @property
     def feature_cache(self) -> Path:
         return self.out / "feature_cache"
+
+    @property
+    def reconstructions(self) -> Path:
+        """evaluate.py --recon-dir: the domain VAE's reconstructions of the real images."""
+        return self.out / "reconstructions"
+
+    @property
+    def recon_val(self) -> Path:
+        """The reconstructions of the validation split, with their val_syn CSV (scored by GAN-test)."""
+        return self.reconstructions / "real_val"
 
     @property
     def assets(self) -> Path:
@@ -256,7 +268,8 @@ def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
         "--results-dir", lay.shown(lay.results(model)),
         "--global-batch-size", str(p.batch_size), "--epochs", str(p.epochs_of(model)),
         "--lr", str(p.lr), "--ema-decay", str(p.ema_decay),
-        "--validate_every", str(p.validate_every), "--val_samples", str(p.val_samples),
+        "--validate_every", str(p.validate_every_of(model)), "--val_samples", str(p.val_samples),
+        "--best-rule", p.best_rule,
         "--val-mode", "final", "--cfg-scale", str(p.cfg_scale), "--num-sampling-steps", str(p.sampling_steps),
         "--global-seed", str(GLOBAL_SEED), "--num-workers", "0", "--log-every", str(p.log_every),
     )  # fmt: skip
@@ -265,7 +278,7 @@ def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
         description=(
             f"train {model} on the {p.image_size // 8}x{p.image_size // 8}x4 latents for {p.epochs_of(model)} epochs "
             f"of batch {p.batch_size}, validating (KID of {p.val_samples} decoded samples) every "
-            f"{p.validate_every} epochs"
+            f"{p.validate_every_of(model)} epochs; best_ckpt.pt by the {p.best_rule} rule"
         ),
         command=command,
         deps=("extract",),
@@ -346,7 +359,7 @@ def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
         name=f"evaluate-{v.tag}",
         description=(
             f"KID and GG (Inception features) and LPIPS (when its AlexNet weights are present) of {v.label}'s "
-            "validation copy against the real validation images"
+            "validation copy against the real validation images and against their domain-VAE reconstructions"
         ),
         command=(
             "python",
@@ -369,8 +382,12 @@ def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
             "0",
             "--cache-dir",
             lay.shown(lay.feature_cache),
+            "--recon-vae",
+            lay.shown(lay.vae),
+            "--recon-dir",
+            lay.shown(lay.reconstructions),
         ),  # fmt: skip
-        deps=("data", f"sample-val-{v.tag}"),
+        deps=("data", "train-vae", f"sample-val-{v.tag}"),
         outputs=(folder / f"metrics_{FOLD}.json",),
     )
 
@@ -423,6 +440,9 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
     for v in STUDIED:
         folder = lay.shown(lay.sample_folder(v, p))
         conditions += [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
+    # The ceiling of every latent model: the baseline classifiers read the domain VAE's reconstructions of the real
+    # validation images (written by the evaluate stages).
+    conditions.append(f"gan-test:{RECON_SET}={lay.shown(lay.recon_val)}")
     whole = Stage(
         name="classify",
         description=(
@@ -431,7 +451,7 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
             "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
         ),
         command=_classify_command(p, lay, device, conditions),
-        deps=("classify-real", *(s.name for s in parts)),
+        deps=("classify-real", *(s.name for s in parts), f"evaluate-{VARIANTS[0].tag}"),
         outputs=(lay.classify / "results.json", lay.classify / "results.md"),
         resumable=True,
     )

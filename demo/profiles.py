@@ -1,4 +1,4 @@
-"""The sizes of the demo: `full` (`make demo`, about 21 minutes on 2 CPU cores) and `quick` (`make demo QUICK=1`).
+"""The sizes of the demo: `full` (`make demo`, about 25 minutes on 2 CPU cores) and `quick` (`make demo QUICK=1`).
 
 Both run the paper's latent pipeline (images -> VAE latents -> denoiser -> decode, docs/DECISIONS.md §C7) on 64 px
 phantom B-scans with a domain VAE trained by `train_vae.py` (downsampling 8, so 8x8x4 latents) and the tiny registry
@@ -38,9 +38,13 @@ class Profile:
         baseline_epochs: training epochs of the baselines LDM-T and DiT-T/2. Each denoiser trains until its samples
             settle and show their labels (docs/DEMO.md): GeCA-T does at about 2000 steps; the baselines need about
             4000, which they run in a fraction of GeCA's time, so they get them (a budget that favours the baselines).
-        validate_every: epochs between validations (KID of `val_samples` images, best_ckpt.pt selection); chosen so
-            the last epoch is validated.
-        val_samples: images per validation.
+        validate_every: epochs between validations of GeCA-T (KID of `val_samples` images, best_ckpt.pt
+            selection); chosen so the last epoch is validated.
+        baseline_validate_every: the same for the baselines.
+        val_samples: images per validation: the whole validation split (120 images in the full profile), so that
+            each KID's standard error is a third of what 16 images give (docs/DEMO.md, "Checkpoint choice").
+        best_rule: train.py's --best-rule: `within-noise` keeps the latest validation whose KID the noise cannot
+            tell from the lowest (the reference's `lowest` chose a noisy early checkpoint, docs/DEMO.md).
         lr: AdamW learning rate of the denoisers (the reference's 1e-4 needs far more steps than a demo has).
         ema_decay: EMA decay per step (the reference's 0.9999 needs hundreds of thousands of steps).
         log_every: steps between logged training losses (the points of the training curve).
@@ -67,7 +71,9 @@ class Profile:
     epochs: int
     baseline_epochs: int
     validate_every: int
+    baseline_validate_every: int
     val_samples: int
+    best_rule: str
     lr: float
     ema_decay: float
     log_every: int
@@ -84,6 +90,10 @@ class Profile:
         """Training epochs of `model`."""
         return self.epochs if model in CELLULAR_MODELS else self.baseline_epochs
 
+    def validate_every_of(self, model: str) -> int:
+        """Epochs between validations of `model`."""
+        return self.validate_every if model in CELLULAR_MODELS else self.baseline_validate_every
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -94,13 +104,15 @@ FULL = Profile(
     folds=4,
     test_frac=0.2,
     image_size=64,
-    vae_steps=300,
+    vae_steps=700,
     vae_batch=16,
     batch_size=16,
     epochs=91,
     baseline_epochs=181,
-    validate_every=30,
-    val_samples=16,
+    validate_every=45,
+    baseline_validate_every=90,
+    val_samples=120,
+    best_rule="within-noise",
     lr=2e-3,
     ema_decay=0.99,
     log_every=20,
@@ -126,7 +138,9 @@ QUICK = Profile(
     epochs=2,
     baseline_epochs=2,
     validate_every=1,
+    baseline_validate_every=1,
     val_samples=8,
+    best_rule="within-noise",
     lr=2e-3,
     ema_decay=0.5,
     log_every=1,

@@ -29,12 +29,14 @@ from PIL import Image
 from data.labels import OCT_LABELS
 from data.validate import read_fold_csv
 from demo.pixels import load_images, pixel_stats
-from demo.plan import SAMPLER, STUDIED, VARIANTS, Layout, build_stages
+from demo.plan import RECON_SET, SAMPLER, STUDIED, VARIANTS, Layout, build_stages
 from demo.profiles import FOLD, NUM_CLASSES, PAPER_MODELS, Profile
 from demo.runner import Stage, format_seconds
+from downstream.report import REAL_REFERENCE
 from infra.atomic_io import atomic_save_png, atomic_write, atomic_write_text
 from infra.naming import model_tag
 from infra.plots import Panel, Series, plot_panels
+from training.selection import NOISE_Z
 
 GRID_TILE = 64  # pixels per image in the report's grids (small images are enlarged without smoothing)
 
@@ -63,6 +65,8 @@ PAPER_SCALE_LINK = 'README.md, section "The pipeline on your own data (paper sca
 MIN_BASELINE_AUC = 0.85
 MIN_GAN_TEST_AUC = 0.75
 MAX_SATURATION_RATIO = 2.0
+# The image-quality row of the domain VAE's reconstructions of the real validation images.
+RECON_ROW = "VAE reconstruction (floor)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,11 +207,37 @@ def vae_section(lay: Layout, p: Profile) -> str:
             "",
             f"From `vae_report.json`: {facts}.",
             "",
+            recon_label_sentence(lay),
+            "",
             "Validation images (top) over their reconstructions (posterior mean, bottom). The VAE smooths the "
             "speckle away, which sets a floor under every model's KID:",
             "",
             "![VAE reconstructions](report_assets/vae_reconstructions.png)",
         ]
+    )
+
+
+def label_fidelity_rows(lay: Layout) -> dict[str, dict]:
+    """classify.py's label-fidelity rows by name (the real reference, each synthetic set, the reconstructions)."""
+    path = lay.classify / "results.json"
+    if not path.is_file():
+        return {}
+    return {row["name"]: row for row in json.loads(path.read_text()).get("label_fidelity", {}).get("summary", [])}
+
+
+def recon_label_sentence(lay: Layout) -> str:
+    """How much label information the VAE keeps: the baseline classifiers' macro AUC on its reconstructions of the
+    validation images, beside their AUC on the real test images."""
+    rows = label_fidelity_rows(lay)
+    recon = _macro_auc((rows.get(RECON_SET) or {}).get("gan_test"))
+    real = _macro_auc((rows.get(REAL_REFERENCE) or {}).get("gan_test"))
+    if recon is None:
+        return "The reconstructions' label AUC is not available: the `classify` stage has not finished."
+    return (
+        f"What the VAE keeps of the labels: the baseline classifiers (section 6) read the reconstructions of the "
+        f"validation images at macro AUC {recon:.3f} (GAN-test of the folder `evaluate.py --recon-vae` writes), "
+        f"the real test images at {'n/a' if real is None else f'{real:.3f}'}. This is the ceiling of every latent "
+        "model's label fidelity below; docs/DEMO.md records how the VAE's steps were chosen from it."
     )
 
 
@@ -220,8 +250,11 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
         if (exp / "loss_curve.png").is_file():
             shutil.copyfile(exp / "loss_curve.png", lay.assets / f"loss_{model_tag(model)}.png")
         losses = [(int(r["step"]), float(r["loss"])) for r in metrics if r.get("loss")]
-        kids = [(int(r["step"]), 1e3 * float(r["kid_mean"])) for r in metrics if r.get("kid_mean")]
-        best = min(kids, key=lambda k: k[1]) if kids else None  # the first minimum, as train.py keeps it
+        kids = [
+            (int(r["step"]), 1e3 * float(r["kid_mean"]), 1e3 * float(r.get("kid_se") or "nan"))
+            for r in metrics
+            if r.get("kid_mean")
+        ]
         rows.append(
             [
                 model,
@@ -229,8 +262,8 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
                 human_count(params[model]),
                 str(max((int(r["step"]) for r in metrics), default=0)),
                 f"{losses[-1][1]:.4f} (step {losses[-1][0]})" if losses else "n/a",
-                ", ".join(f"{k:.1f} (step {s})" for s, k in kids) or "n/a",
-                f"step {best[0]}" if best else "n/a",
+                ", ".join(f"{k:.1f} ± {e:.1f} (step {s})" for s, k, e in kids) or "n/a",
+                best_checkpoint_cell(exp),
             ]
         )
     loss_figure(curves, lay.assets / "training_curves.png")
@@ -251,8 +284,17 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
             "reference's 1e-4 and 0.9999 need far more steps than a demo can afford). Every "
             f"{p.validate_every} epochs it samples {p.val_samples} images from the EMA weights for real validation "
             f"labels ({p.sampling_steps} DDPM steps, CFG {p.cfg_scale}, GHG for GeCA), decodes them with the domain "
-            "VAE and measures KID against real validation images; the lowest KID is kept as `best_ckpt.pt`, which "
-            "the later stages use. GeCA sets the budget: under Gene Heredity Guidance its samples diverge until it "
+            "VAE and measures KID against the same real validation images, with its standard error over the "
+            f"generated images (±). `best_ckpt.pt`, which the later stages sample, is chosen by `--best-rule "
+            f"{p.best_rule}`: "
+            + (
+                "the latest validation whose KID is within two standard errors of the lowest (the reference's "
+                "lowest-KID rule acts on differences smaller than their noise and picked an early checkpoint; "
+                "docs/DEMO.md). "
+                if p.best_rule == "within-noise"
+                else "the lowest KID (the reference's rule). "
+            )
+            + "GeCA sets the budget: under Gene Heredity Guidance its samples diverge until it "
             "has trained a few thousand steps (docs/DEMO.md has the measured steps-to-settle curve).",
             "",
             markdown_table(
@@ -262,8 +304,8 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
                     "#Params",
                     "steps",
                     "final train loss",
-                    "validation KID × 1e3",
-                    "best_ckpt.pt",
+                    "validation KID × 1e3 ± standard error",
+                    "sampled from: best_ckpt.pt (why)",
                 ],
                 rows,
             ),
@@ -273,6 +315,15 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
             f"train.py's own curve of each model: {links}." if links else "",
         ]
     )
+
+
+def best_checkpoint_cell(exp: Path) -> str:
+    """Which validation's weights best_ckpt.pt holds, and why (train.py's best_ckpt.json)."""
+    path = exp / "checkpoints" / "best_ckpt.json"
+    if not path.is_file():
+        return "n/a"
+    record = json.loads(path.read_text())
+    return f"step {record['step']}: {record['reason']}"
 
 
 def vae_reconstructions(lay: Layout, images: list[Path], size: int) -> np.ndarray:
@@ -370,43 +421,98 @@ def samples_section(lay: Layout, p: Profile, stats: dict[str, dict[str, float]],
     return "\n".join(lines)
 
 
+# Columns of the image-quality table after Method and #Params: (metrics JSON key, header).
+QUALITY_COLUMNS = (
+    ("KID", "OCT KID↓ (×1e3) vs real"),
+    ("KID_recon", "KID↓ (×1e3) vs VAE recon"),
+    ("LPIPS", "OCT LPIPS↑"),
+    ("GG", "OCT GG (>0)"),
+    ("GG_recon", "GG vs VAE recon"),
+)
+# The reconstruction row's metrics, in the same columns (against the real images; nothing vs itself).
+FLOOR_COLUMNS = {"KID": "KID_floor", "GG": "GG_floor"}
+
+
+def quality_cell(name: str, entry: dict | None) -> tuple[str, str]:
+    """(table cell, note or "") of one metric entry of evaluate.py's metrics JSON."""
+    if entry is None:
+        return "–", ""
+    if not entry["available"]:
+        return "n/a", f"{name} unavailable: {entry['reason']}"
+    if name.startswith("KID"):
+        return f"{entry['mean_x1e3']:.1f} ± {entry['se_x1e3']:.1f}", ""
+    if name == "LPIPS":
+        return mean_std(entry["mean"], entry["std"], 2), ""
+    if not math.isfinite(entry["value"]):
+        return "n/a (NaN)", "GG is NaN (too few images for the FLD fit)."
+    return f"{entry['value']:.2f}", ""
+
+
+def kid_verdict(kids: dict[str, dict], z: float = NOISE_Z) -> str:
+    """One sentence: which pairs of models differ in KID vs the VAE reconstructions by more than `z` standard
+    errors of the difference (each model's KID standard error over its generated images; the reference images are
+    shared), computed from the numbers."""
+    names = [n for n, e in kids.items() if e.get("available") and math.isfinite(e.get("se", math.nan))]
+    if len(names) < 2:
+        return "Too few models have a KID against the VAE reconstructions to compare."
+    exceeding = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ea, eb = kids[a], kids[b]
+            diff = ea["mean"] - eb["mean"]
+            limit = z * math.hypot(ea["se"], eb["se"])
+            if abs(diff) > limit:
+                low, high = (a, b) if diff < 0 else (b, a)
+                exceeding.append(f"{low} below {high} by {abs(diff) * 1e3:.1f} (> {limit * 1e3:.1f})")
+    pairs = len(names) * (len(names) - 1) // 2
+    if not exceeding:
+        return (
+            f"Against the VAE reconstructions, none of the {pairs} model differences in KID exceeds {z:g} standard "
+            "errors of the difference: at this size the table does not rank these models."
+        )
+    return (
+        f"Against the VAE reconstructions, {len(exceeding)} of {pairs} model differences in KID exceed {z:g} "
+        f"standard errors of the difference (×1e3): {'; '.join(exceeding)}; the others are within noise."
+    )
+
+
 def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
-    rows, notes, counts = [], [], None
+    rows, notes, counts, floor, kids = [], [], None, None, {}
     for v in VARIANTS:
         path = lay.sample_folder(v, p) / f"metrics_{FOLD}.json"
         if not path.is_file():
-            rows.append([v.label, human_count(params[v.model]), "n/a", "n/a", "n/a"])
+            rows.append([v.label, human_count(params[v.model]), *["n/a"] * len(QUALITY_COLUMNS)])
             notes.append(f"{v.label}: no {path.name}")
             continue
         report = json.loads(path.read_text())
         m = report["metrics"]
         cells = []
-        for name, cell in (
-            ("KID", lambda e: mean_std(e["mean_x1e3"], e["std_x1e3"], 2)),
-            ("LPIPS", lambda e: mean_std(e["mean"], e["std"], 2)),
-            ("GG", lambda e: f"{e['value']:.2f}"),
-        ):
-            entry = m[name]
-            if not entry["available"]:
-                cells.append("n/a")
-                note = f"{name} unavailable: {entry['reason']}"
-            elif name == "GG" and not math.isfinite(entry["value"]):
-                cells.append("n/a (NaN)")
-                note = "GG is NaN (too few images for the FLD fit)."
-            else:
-                cells.append(cell(entry))
-                continue
-            if note not in notes:
+        for name, _ in QUALITY_COLUMNS:
+            cell, note = quality_cell(name, m.get(name))
+            cells.append(cell)
+            if note and note not in notes:
                 notes.append(note)
         rows.append([v.label, human_count(params[v.model]), *cells])
         counts = report["counts"]
+        if "KID_recon" in m:
+            kids[v.label] = m["KID_recon"]
+        if "KID_floor" in m and floor is None:
+            floor = m
+    if floor is not None:
+        cells = [quality_cell(name, floor.get(FLOOR_COLUMNS.get(name, "")))[0] for name, _ in QUALITY_COLUMNS]
+        rows.append([RECON_ROW, "–", *cells])
     kid_note = ""
     if counts is not None:
         kid_note = (
             f" KID: {counts['generated']} generated vs {counts.get('real_val', 'n/a')} real validation images, "
-            "100 subsets of a quarter of the generated set (as the reference), Inception pool3 features. GG: FLD "
-            f"generalization gap on Inception features with the {counts.get('real_train', 'n/a')} real training "
-            "images (the paper uses DINOv2 features: `--gg_extractor dino` with its weights)."
+            "100 subsets of a quarter of the generated set (as the reference), Inception pool3 features; ± is the "
+            "standard error over the generated images (the reference images are the same for every row). "
+            '"vs VAE recon" compares with the domain VAE\'s reconstructions of the same real images '
+            "(`evaluate.py --recon-vae`): the decoder's smoothing is then on both sides, so what differs comes from "
+            f'the denoiser. The "{RECON_ROW}" row scores those reconstructions against the real images: the floor '
+            "every model that samples this VAE's latents shares. GG: FLD generalization gap on Inception features "
+            f"with the {counts.get('real_train', 'n/a')} real training images (the paper uses DINOv2 features: "
+            "`--gg_extractor dino` with its weights)."
         )
     return "\n".join(
         [
@@ -415,7 +521,9 @@ def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
             "Computed by `evaluate.py` on each validation copy (stages `evaluate-*`); KID is reported × 1e3."
             + kid_note,
             "",
-            markdown_table(["Method", "#Params", "OCT KID↓ (×1e3)", "OCT LPIPS↑", "OCT GG (>0)"], rows),
+            markdown_table(["Method", "#Params", *(h for _, h in QUALITY_COLUMNS)], rows),
+            "",
+            kid_verdict(kids),
             "",
             *(f"- {n}" for n in notes),
             "",

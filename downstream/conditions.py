@@ -9,6 +9,9 @@
   This is GAN-train, the Classification Accuracy Score of Ravuri and Vinyals (NeurIPS 2019): how much of the real
   label structure a class-conditional generator's images teach (docs/DECISIONS.md §C7). Its row is named
   "NAME (synthetic only)"; NAME is the synthetic set's name, shared with a `synthetic:NAME=DIR` entry of the same DIR.
+- `gan-test:DIR` or `gan-test:NAME=DIR`: trains nothing; the baseline classifiers score the images of
+  `DIR/val_syn_{fold}.csv` against its labels (GAN-test, as for every synthetic set). For a validation copy without
+  an augmentation set, or `evaluate.py --recon-vae`'s VAE reconstructions of the real validation images.
 
 The sampling script writes one folder per fold (its name contains the fold, docs/REFERENCE.md §3.3), so DIR may hold a
 `{fold}` placeholder, filled in for each fold.
@@ -21,11 +24,16 @@ from pathlib import Path
 
 BASELINE = "geometric"
 SYNTHETIC_KINDS: tuple[str, ...] = ("synthetic", "synthetic-only")
-KINDS: tuple[str, ...] = ("noaug", "geometric", *SYNTHETIC_KINDS)
+# A set that is only scored (GAN-test), never trained on.
+SCORE_ONLY = "gan-test"
+KINDS: tuple[str, ...] = ("noaug", "geometric", *SYNTHETIC_KINDS, SCORE_ONLY)
 # Row names of the paper's Table B for the two real-only conditions.
 DISPLAY_NAMES = {"geometric": "Baseline (Geometric Aug)", "noaug": "Baseline w/o Aug."}
 SYNTHETIC_ONLY_SUFFIX = " (synthetic only)"
-SYNTAX = "noaug | geometric | synthetic:DIR | synthetic:NAME=DIR | synthetic-only:DIR | synthetic-only:NAME=DIR"
+SYNTAX = (
+    "noaug | geometric | synthetic:DIR | synthetic:NAME=DIR | synthetic-only:DIR | synthetic-only:NAME=DIR | "
+    "gan-test:DIR | gan-test:NAME=DIR"
+)
 
 
 def fold_folder(sample_dir: str, fold: int) -> Path:
@@ -68,6 +76,11 @@ class Condition:
         return self.kind != "synthetic-only"
 
     @property
+    def trains(self) -> bool:
+        """Whether the condition trains classifiers (every kind but `gan-test`, which only scores a copy)."""
+        return self.kind != SCORE_ONLY
+
+    @property
     def uses_synthetic(self) -> bool:
         """Whether a synthetic set is trained on."""
         return self.kind in SYNTHETIC_KINDS
@@ -97,7 +110,7 @@ def parse_condition(text: str) -> Condition:
     if text in ("noaug", "geometric"):
         return Condition(text, text)
     kind, sep, rest = text.partition(":")
-    if kind not in SYNTHETIC_KINDS or not sep or not rest:
+    if kind not in (*SYNTHETIC_KINDS, SCORE_ONLY) or not sep or not rest:
         raise ValueError(f"--conditions {text!r}: unknown condition; expected {SYNTAX}")
     name, eq, folder = rest.partition("=")
     if not eq or "/" in name or "\\" in name:

@@ -106,3 +106,43 @@ def kid(
         scores.append(polynomial_mmd2(real[real_idx], fake[fake_idx], degree, gamma, coef))
     values = torch.stack(scores)
     return values.mean().item(), values.std(correction=0).item()
+
+
+def kid_standard_error(
+    real_feats: torch.Tensor,
+    fake_feats: torch.Tensor,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+) -> float:
+    """Jackknife standard error of KID over the generated images, the real images held fixed.
+
+    KID (the mean over random subsets) estimates the unbiased MMD² of the whole two sets; this is the jackknife
+    standard error of that whole-set statistic when one generated image at a time is left out. The real set is
+    the same for every value compared against it (the validations of one run, the models of one table), so its
+    own sampling noise is shared and cancels in their differences; what differs between them is the generated
+    images, and that is the noise reported (docs/DECISIONS.md §C9).
+
+    Args:
+        real_feats: (N_r, D) real features.
+        fake_feats: (N_f, D) generated features, N_f >= 3.
+        degree, gamma, coef: kernel parameters (see `polynomial_kernel`).
+
+    Returns:
+        The standard error, in KID's units.
+    """
+    n, m = fake_feats.shape[0], real_feats.shape[0]
+    if n < 3:
+        raise ValueError(f"the KID standard error needs at least 3 generated images, got {n}")
+    real, fake = real_feats.double(), fake_feats.double()
+    if gamma is None:
+        gamma = 1.0 / real.shape[1]
+    k_yy = polynomial_kernel(fake, fake, degree, gamma, coef)
+    k_xy = polynomial_kernel(real, fake, degree, gamma, coef)
+    # Leaving out generated image l removes its row and column of k_yy and its column of k_xy; the real-real term
+    # does not change and drops out of the variance.
+    rows = k_yy.sum(1) - k_yy.diagonal()  # (N_f,) off-diagonal row sums
+    cols = k_xy.sum(0)  # (N_f,) sums over the real images
+    loo = (rows.sum() - 2 * rows) / ((n - 1) * (n - 2)) - 2 * (cols.sum() - cols) / (m * (n - 1))
+    variance = (n - 1) / n * ((loo - loo.mean()) ** 2).sum()
+    return float(variance.sqrt())

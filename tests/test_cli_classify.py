@@ -346,3 +346,24 @@ def test_broken_validation_copy_fails_before_training(phantoms, tmp_path):
     (samples / "gen_samples_val" / "000003.png").unlink()
     argv = ["--data-path", str(phantoms), *TINY, "--epochs", "1", "--conditions", "geometric", f"synthetic:{samples}"]
     _expect_error(argv, tmp_path / "out", "val_syn_0.csv", "gen_samples_val/000003.png")
+
+
+def test_gan_test_condition_scores_a_copy_without_training_on_it(phantoms, tmp_path):
+    """`gan-test:NAME=DIR` (e.g. the VAE reconstructions of evaluate.py --recon-vae) trains nothing; the baseline
+    classifier scores the copy. The copy here is the real validation split itself, so its GAN-test equals the
+    baseline's own metrics on that split, computed independently from the saved weights."""
+    copy = make_val_copy(phantoms, tmp_path / "copy", fold=0)
+    out = tmp_path / "out"
+    argv = ["--data-path", str(phantoms), *TINY, "--epochs", "1", "--out", str(out), "--eval-split", "val"]
+    result = run([*argv, "--conditions", "geometric", f"gan-test:REAL={copy}"])
+    assert [r["condition"] for r in result["runs"]] == ["geometric"]
+    (record,) = result["gan_test"]
+    state_file = out / "runs" / record["baseline_run"].replace(".json", ".pt")
+    labels, scores = independent_scores(state_file, phantoms, "val_0.csv", 32)
+    np.testing.assert_allclose(np.asarray(record["scores"]), scores, atol=1e-6)
+    assert record["metrics"]["AUC"] == pytest.approx(result["runs"][0]["metrics"]["AUC"], abs=1e-9)
+    row = next(r for r in result["label_fidelity"] if r["name"] == "REAL")
+    assert row["gan_test"]["n_runs"] == 1 and row["gan_train"]["condition"] is None
+    _expect_error(
+        ["--data-path", str(phantoms), *TINY, "--conditions", f"gan-test:{copy}"], tmp_path / "o2", "train nothing"
+    )

@@ -4,6 +4,7 @@ docs/DECISIONS.md §C2.7)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -248,3 +249,59 @@ def test_gg_gets_whole_real_images_kid_gets_the_crop(tmp_path, monkeypatch):
                 expected = [whole_image_features(dino, image) for image in images]
                 torch.testing.assert_close(seen["gg"][k], torch.stack(expected), rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(seen["kid"], kid_expected)  # KID's real images are cropped either way
+
+
+def test_reconstruction_referenced_metrics_equal_an_independent_computation(phantom_root, tmp_path, monkeypatch):
+    """--recon-vae: the VAE's reconstructions of the real val images, decoded from the posterior mean by hand here,
+    through the same feature network, fed to the existing KID, give the reported KID vs reconstructions and the
+    reconstructions' own KID against the real images (the floor)."""
+    from metrics.kid import kid, kid_standard_error
+    from tests.helpers.phantom_data import make_tiny_vae, tiny_vae
+
+    weights = tmp_path / "stand_in.pt"
+    weights.write_bytes(b"stand-in")
+    stand_in = StandInInception(str(weights))
+    monkeypatch.setattr(evaluate, "load_inception", lambda weights, device: stand_in)
+    vae_dir = make_tiny_vae(tmp_path / "vae", seed=3)
+    gen = tmp_path / "samples"
+    make_sample_folder(phantom_root, gen, distort=True)
+    cache = tmp_path / "cache"
+    argv = ["--image-size", "64", "--gg_extractor", "inception", "--recon-vae", str(vae_dir), "--cache-dir", str(cache)]
+    report = run(phantom_root, gen, *argv[2:], *argv[:2])
+    metrics = report["metrics"]
+
+    vae = tiny_vae(seed=3)
+    frame = read_fold_csv(phantom_root / "val_0.csv")
+
+    def u8(image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    real = torch.stack([u8(Image.open(phantom_root / f)) for f in frame["filename"]])  # 64 px: the crop is a no-op
+    with torch.no_grad():
+        x = real.float() / 127.5 - 1.0
+        recon = torch.clamp(127.5 * vae.decode(vae.encode(x).latent_dist.mean).sample + 128.0, 0, 255).to(torch.uint8)
+    fake = torch.stack([u8(Image.open(gen / f)) for f in pd.read_csv(gen / "val_syn_0.csv")["filename"]])
+    with torch.no_grad():
+        f_real, f_recon, f_fake = stand_in(real), stand_in(recon), stand_in(fake)
+    size = len(fake) // 4
+    expected = kid(f_recon.double(), f_fake.double(), 100, size, torch.Generator().manual_seed(1))
+    assert metrics["KID_recon"]["mean"] == pytest.approx(expected[0], rel=1e-4, abs=1e-9)
+    assert metrics["KID_recon"]["se"] == pytest.approx(kid_standard_error(f_recon, f_fake), rel=1e-4)
+    floor = kid(f_real.double(), f_recon.double(), 100, size, torch.Generator().manual_seed(1))
+    assert metrics["KID_floor"]["mean"] == pytest.approx(floor[0], rel=1e-4, abs=1e-9)
+    assert metrics["KID_recon"]["mean"] != pytest.approx(metrics["KID"]["mean"], rel=1e-3)
+    for name in ("GG_recon", "GG_floor"):
+        assert metrics[name]["available"] and np.isfinite(metrics[name]["value"])
+
+    # The reconstructions are a folder that reads like a validation copy: the real labels beside each file.
+    folder = Path(report["reconstructions"])
+    listed = read_fold_csv(folder / "val_syn_0.csv")
+    assert listed.drop(columns=["filename"]).equals(frame.drop(columns=["filename"]).reset_index(drop=True))
+    written = torch.stack([u8(Image.open(folder / f)) for f in listed["filename"]])
+    assert (
+        written.int() - recon.int()
+    ).abs().max() <= 1  # [-1, 1] by x / 127.5 - 1 here, by ToTensor + Normalize there
+    # A second evaluation reuses the folder (same files, same times).
+    mtime = (folder / "000000.png").stat().st_mtime_ns
+    run(phantom_root, gen, *argv[2:], *argv[:2])
+    assert (folder / "000000.png").stat().st_mtime_ns == mtime

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import re
 import shutil
@@ -25,7 +27,7 @@ from infra.run_args import given_flags
 from models import DiT_models
 from tests.helpers.compare import assert_identical
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
-from training.experiment import METRIC_FIELDS, truncate_metrics
+from training.experiment import METRIC_FIELDS, append_metrics, truncate_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64  # -> 8 x 8 latents
@@ -127,9 +129,13 @@ def test_tiny_models_train_validate_and_checkpoint(workspace, tmp_path, fake_inc
     assert set(ckpt) == {"model", "ema", "opt", "args"}
     net = DiT_models[model](input_size=8, num_classes=11, in_channels=4)
     net.load_state_dict(find_model(str(best)))  # strict: the EMA weights of the reference layout
-    rows = (exp / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,epoch,loss")
-    assert any(r.split(",")[5] for r in rows[1:]), "a KID value was logged"
+    rows = list(csv.DictReader((exp / "metrics.csv").read_text().splitlines()))
+    kid_rows = [r for r in rows if r["kid_mean"]]
+    assert [int(r["step"]) for r in kid_rows] == [2]
+    assert 0 < float(kid_rows[0]["kid_se"]) < 1, "the KID's standard error is logged beside it"
+    record = json.loads((exp / "checkpoints" / "best_ckpt.json").read_text())
+    assert record["step"] == 2 and record["rule"] == "lowest"
+    assert record["kid_mean"] == pytest.approx(float(kid_rows[0]["kid_mean"]), rel=1e-6)
     assert (exp / "samples" / "val_0000002.png").is_file()
     assert (exp / "loss_curve.png").is_file() and (exp / "log.txt").is_file()
 
@@ -174,12 +180,13 @@ def seeded_features(monkeypatch):
 
 
 def metric_rows(exp: Path) -> list[tuple[str, ...]]:
-    """metrics.csv without the timing columns: (step, epoch, loss, kid_mean, kid_std) per row."""
+    """metrics.csv without the timing columns: (step, epoch, loss, kid_mean, kid_std, kid_se) per row."""
     rows = [r.split(",") for r in (exp / "metrics.csv").read_text().splitlines()[1:]]
-    return [(r[0], r[1], r[2], r[5], r[6]) for r in rows]
+    return [(r[0], r[1], r[2], r[5], r[6], r[7]) for r in rows]
 
 
-RESUMED_KEYS = ("model", "ema", "opt", "train_steps", "epoch", "batches_done", "best_kid", "rng")
+RESUMED_KEYS = ("model", "ema", "opt", "train_steps", "epoch", "batches_done", "best_kid", "best_kid_se", "best_step")
+RESUMED_KEYS += ("rng",)
 
 
 @pytest.mark.parametrize(
@@ -196,6 +203,7 @@ def test_resume_with_validation_is_bit_exact(workspace, tmp_path, seeded_feature
     # 8 training items, batch 4: 2 steps per epoch, a validation after every epoch (steps 2, 4, 6).
     common = ["--model", model, "--epochs", "3", "--validate_every", "1", "--val-mode", val_mode, "--ckpt-every", "2"]
     common += ["--num-sampling-steps", "3", "--val_samples", "4", "--diffusion-steps", "21"]
+    common += ["--best-rule", "within-noise" if val_mode == "final" else "lowest"]
     if space == "image":
         common += ["--image_space", "--in_channels", "3", "--image-size", "8"]
     straight = run_train(base_args(workspace, tmp_path / "a", *common))
@@ -227,6 +235,8 @@ def test_resume_with_validation_is_bit_exact(workspace, tmp_path, seeded_feature
     best_b = load_checkpoint(resumed / "checkpoints" / "best_ckpt.pt")
     for key in ("model", "ema", "opt"):
         assert_identical(best_a[key], best_b[key], f"best.{key}")
+    record = (straight / "checkpoints" / "best_ckpt.json").read_text()
+    assert (resumed / "checkpoints" / "best_ckpt.json").read_text() == record
     # Same losses and KIDs at the same steps, no duplicated rows from the redone validation.
     assert metric_rows(resumed) == metric_rows(straight)
     assert [r[0] for r in metric_rows(straight) if r[3]] == ["2", "4", "6"]
@@ -617,12 +627,22 @@ def test_resume_removes_temporary_files_of_killed_writes(workspace, tmp_path):
 def test_truncate_metrics_drops_later_rows_a_torn_line_and_a_redone_validation(tmp_path):
     path = tmp_path / "metrics.csv"
     header = ",".join(METRIC_FIELDS)
-    rows = ["1,0,0.5,1,4,,", "2,0,0.4,1,4,,", "2,0,,,,0.1,0.01", "3,1,0.3,1,4,,", "4,1,0.2"]
+    rows = ["1,0,0.5,1,4,,,", "2,0,0.4,1,4,,,", "2,0,,,,0.1,0.01,0.002", "3,1,0.3,1,4,,,", "4,1,0.2"]
     path.write_text("\n".join([header, *rows]))  # the last line was cut by a kill: no newline
     truncate_metrics(path, 3)
     assert path.read_text().splitlines()[1:] == rows[:4]
     truncate_metrics(path, 2, drop_kid_at_last_step=True)
     assert path.read_text().splitlines()[1:] == rows[:2]
+
+
+def test_metrics_of_a_run_resumed_across_a_new_column_keep_their_rows(tmp_path):
+    """A metrics.csv written before kid_se existed gets the current header when the next row is appended."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,epoch,loss,steps_per_sec,images_per_sec,kid_mean,kid_std\n2,0,,,,0.1,0.01\n")
+    append_metrics(path, {"step": 4, "epoch": 1, "kid_mean": "0.05", "kid_std": "0.02", "kid_se": "0.004"})
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    assert tuple(rows[0]) == METRIC_FIELDS
+    assert [(r["step"], r["kid_mean"], r["kid_se"]) for r in rows] == [("2", "0.1", ""), ("4", "0.05", "0.004")]
 
 
 def _free_port() -> int:

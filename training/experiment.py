@@ -7,6 +7,7 @@ keeps its records, which `open_experiment` replays into log.txt once the folder 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import logging.handlers
 from pathlib import Path
@@ -17,7 +18,7 @@ from infra.logs import create_logger
 from infra.naming import experiment_dir
 from infra.plots import Panel, Series, plot_panels
 
-METRIC_FIELDS = ("step", "epoch", "loss", "steps_per_sec", "images_per_sec", "kid_mean", "kid_std")
+METRIC_FIELDS = ("step", "epoch", "loss", "steps_per_sec", "images_per_sec", "kid_mean", "kid_std", "kid_se")
 
 
 def console_logger(rank: int) -> tuple[logging.Logger, logging.handlers.BufferingHandler]:
@@ -73,8 +74,20 @@ def open_experiment(
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    """Append one row to metrics.csv (header written on first use)."""
+    """Append one row to metrics.csv (header written on first use; a file with an older header, from a run resumed
+    across an update that added a column, is rewritten with the current one first)."""
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is not None and tuple(header) != METRIC_FIELDS:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, lineterminator="\r\n")
+            writer.writeheader()
+            writer.writerows({k: r.get(k) or "" for k in METRIC_FIELDS} for r in rows)
+            atomic_write_text(path, text.getvalue())
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         if new:

@@ -25,6 +25,7 @@ from infra.seeding import isolated_global_rng
 from infra.tracker import Tracker
 from training.data import epoch_batches, epoch_loader
 from training.experiment import append_metrics
+from training.selection import Validation, decide
 from training.state import Checkpoints, RunState
 from training.validation import Validator
 
@@ -208,16 +209,17 @@ def log_loss(run: TrainingRun, meter: LossMeter) -> None:
 
 
 def validate(run: TrainingRun) -> None:
-    """Validate after a finished epoch: KID to the log and metrics.csv, the sample grid, best_ckpt.pt if lower."""
+    """Validate after a finished epoch: KID and its standard error to the log and metrics.csv, the sample grid, and
+    best_ckpt.pt (+ best_ckpt.json) when `--best-rule` chooses this validation (training/selection.py)."""
     args, state, acc = run.args, run.state, run.accelerator
     run.model.eval()
     with isolated_global_rng():  # validation never moves the training's random streams
-        kid_mean, kid_std, grid = run.validator.run(run.ema, state.train_steps)
+        kid_mean, kid_std, kid_se, grid = run.validator.run(run.ema, state.train_steps)
     run.model.train()
     if acc.is_main_process:
         run.logger.info(
             f"(step={state.train_steps:07d}, epoch={state.epoch}) KID mean: {kid_mean:.6f}, "
-            f"KID std: {kid_std:.6f} ({args.val_mode} rule)"
+            f"KID std: {kid_std:.6f}, KID standard error: {kid_se:.6f} ({args.val_mode} rule)"
         )
         append_metrics(
             run.exp_dir / "metrics.csv",
@@ -226,15 +228,28 @@ def validate(run: TrainingRun) -> None:
                 "epoch": state.epoch,
                 "kid_mean": f"{kid_mean:.8f}",
                 "kid_std": f"{kid_std:.8f}",
+                "kid_se": f"{kid_se:.8f}",
             },
         )
         atomic_save_grid(grid, run.exp_dir / "samples" / f"val_{state.train_steps:07d}.png")
         run.tracker.log({"KID mean": kid_mean, "KID std": kid_std}, step=state.train_steps)
-    if kid_mean < state.best_kid:
-        run.checkpoints.save_best()
-        state.best_kid = kid_mean
+    lowest = None
+    if state.best_step >= 0 or math.isfinite(state.best_kid):
+        lowest = Validation(state.best_step, state.best_kid, state.best_kid_se)
+    new = Validation(state.train_steps, kid_mean, kid_se)
+    decision = decide(args.best_rule, lowest, new)
+    state.best_kid, state.best_kid_se, state.best_step = decision.lowest.kid, decision.lowest.se, decision.lowest.step
+    if decision.chosen:
+        record = {
+            **new.as_dict(),
+            "epoch": state.epoch,
+            "rule": args.best_rule,
+            "reason": decision.reason,
+            "lowest": decision.lowest.as_dict(),
+        }
+        run.checkpoints.save_best(record)
         if acc.is_main_process:
-            run.logger.info(f"Saved checkpoint to {run.checkpoints.best}")
+            run.logger.info(f"Saved checkpoint to {run.checkpoints.best}: {decision.reason}")
             run.tracker.log_image(
                 "examples", grid.permute(0, 2, 3, 1).numpy()[0], caption="Hey", step=state.train_steps
             )

@@ -218,6 +218,9 @@ def restore(
         epoch=ckpt["epoch"],
         batches_done=ckpt["batches_done"],
         best_kid=math.inf if point.rule_changed else ckpt["best_kid"],
+        # Checkpoints written before the standard error was recorded compare with the lowest KID as exact.
+        best_kid_se=0.0 if point.rule_changed else ckpt.get("best_kid_se", 0.0),
+        best_step=-1 if point.rule_changed else ckpt.get("best_step", -1),
         newest_last=(point.path, ckpt["train_steps"]),
     )
     saved_rng = None

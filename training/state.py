@@ -7,12 +7,14 @@ stops the run naming the newest finite resumable checkpoint that exists.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from infra.atomic_io import atomic_write_text
 from infra.checkpoint import non_finite_entries, save_checkpoint
 from infra.distributed import all_gather_objects, unwrap_model
 from infra.seeding import global_rng_state
@@ -26,7 +28,9 @@ class RunState:
         train_steps: optimiser steps taken.
         epoch: the epoch in progress (after a finished epoch: the next one).
         batches_done: batches of `epoch` already trained.
-        best_kid: lowest validation KID so far (the rule of `best_ckpt.pt`).
+        best_kid: lowest validation KID so far (what `--best-rule` compares with).
+        best_kid_se: its standard error.
+        best_step: the optimiser step of that validation (-1 before the first).
         newest_last: the newest finite resumable checkpoint and its step, or None before the first.
     """
 
@@ -34,6 +38,8 @@ class RunState:
     epoch: int = 0
     batches_done: int = 0
     best_kid: float = math.inf
+    best_kid_se: float = 0.0
+    best_step: int = -1
     newest_last: tuple[Path, int] | None = None
 
 
@@ -122,15 +128,25 @@ class Checkpoints:
                     "epoch": self.state.epoch,
                     "batches_done": self.state.batches_done,
                     "best_kid": self.state.best_kid,
+                    "best_kid_se": self.state.best_kid_se,
+                    "best_step": self.state.best_step,
                     "rng": states,
                 },
             )
         self.state.newest_last = (self.last, self.state.train_steps)
         self.accelerator.wait_for_everyone()
 
-    def save_best(self) -> None:
-        """Write `best_ckpt.pt` in the reference layout, {model, ema, opt, args} (rank 0 writes; call on all)."""
+    @property
+    def best_record(self) -> Path:
+        """`best_ckpt.json` beside `best_ckpt.pt`: which validation chose it, by which rule, and why."""
+        return self.best.with_suffix(".json")
+
+    def save_best(self, record: dict | None = None) -> None:
+        """Write `best_ckpt.pt` in the reference layout, {model, ema, opt, args}, then `record` (if given) as
+        best_ckpt.json (rank 0 writes; call on all)."""
         self.require_finite(self.best)
         if self.accelerator.is_main_process:
             save_checkpoint(self.best, {**self._weights(), "args": self.args})
+            if record is not None:
+                atomic_write_text(self.best_record, json.dumps(record, indent=2) + "\n")
         self.accelerator.wait_for_everyone()

@@ -82,9 +82,10 @@ class Validator:
         return torch.cat(feats)
 
     @torch.no_grad()
-    def run(self, ema: torch.nn.Module, step: int) -> tuple[float, float, torch.Tensor]:
-        """Sample this rank's share, gather, and return (KID mean, KID std, (N, 3, H, W) uint8 samples)."""
-        from metrics.kid import kid
+    def run(self, ema: torch.nn.Module, step: int) -> tuple[float, float, float, torch.Tensor]:
+        """Sample this rank's share, gather, and return (KID mean, KID std over subsets, KID standard error,
+        (N, 3, H, W) uint8 samples)."""
+        from metrics.kid import kid, kid_standard_error
 
         args, acc = self.args, self.accelerator
         n_total = args.val_samples
@@ -99,7 +100,8 @@ class Validator:
         subset = max(2, min(n_total // 4, len(fake_feats), len(self.real_feats)))
         g = torch.Generator().manual_seed(keyed_seed(args.global_seed, step))
         mean, std = kid(self.real_feats.double(), fake_feats.double(), subsets=100, subset_size=subset, generator=g)
-        return float(mean), float(std), gathered
+        se = kid_standard_error(self.real_feats, fake_feats) if len(fake_feats) >= 3 else math.nan
+        return float(mean), float(std), se, gathered
 
     def _sample(self, ema: torch.nn.Module, lo: int, hi: int, step: int) -> torch.Tensor:
         """Validation images lo..hi-1 at `step`, as (hi - lo, 3, H, W) uint8 on the CPU.

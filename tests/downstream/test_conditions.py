@@ -76,3 +76,17 @@ def test_synthetic_sets_pair_conditions_by_name():
     assert synthetic_sets(parse_conditions(["synthetic:x/run", "synthetic-only:x/run"])) == {"run": "x/run"}
     with pytest.raises(ValueError, match="two folders"):
         parse_conditions(["synthetic:A=da", "synthetic-only:A=other"])
+
+
+def test_gan_test_form_scores_a_copy_and_trains_nothing():
+    c = parse_condition("gan-test:Reconstructions=cache/reconstructions/real_val-0123")
+    assert (c.name, c.kind, c.set_name, c.trains, c.uses_synthetic) == (
+        "Reconstructions",
+        "gan-test",
+        "Reconstructions",
+        False,
+        False,
+    )
+    assert parse_condition(c.spec()) == c
+    assert synthetic_sets([parse_condition("geometric"), c]) == {"Reconstructions": c.sample_dir}
+    assert parse_condition("geometric").trains
