@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 import train
 import training.loop
@@ -138,6 +139,14 @@ def test_tiny_models_train_validate_and_checkpoint(workspace, tmp_path, fake_inc
     assert record["kid_mean"] == pytest.approx(float(kid_rows[0]["kid_mean"]), rel=1e-6)
     assert (exp / "samples" / "val_0000002.png").is_file()
     assert (exp / "loss_curve.png").is_file() and (exp / "log.txt").is_file()
+
+
+def test_val_samples_beyond_the_split_validate_on_the_whole_split(workspace, tmp_path, fake_inception):
+    """--val_samples larger than the validation split (8 images here) samples one image per real validation image."""
+    argv = ["--model", "DiT-T/2", "--epochs", "1", "--validate_every", "1", "--val_samples", "50"]
+    exp = run_train(base_args(workspace, tmp_path / "res", *argv, "--val-mode", "final", "--num-sampling-steps", "2"))
+    assert "Validation: 8 samples by the final rule" in (exp / "log.txt").read_text()
+    assert Image.open(exp / "samples" / "val_0000002.png").size == (2 + 8 * (IMAGE_SIZE + 2), 2 + IMAGE_SIZE + 2)
 
 
 def test_legacy_validation_with_real_inception(workspace, tmp_path):

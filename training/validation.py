@@ -68,9 +68,10 @@ class Validator:
             self.vae = load_vae(args.vae, self.device)
         steps = "" if args.val_mode == "legacy" else str(args.num_sampling_steps)
         self.diffusion = create_diffusion(timestep_respacing=steps, diffusion_steps=args.diffusion_steps)
+        n = len(self.real_u8)
+        shortfall = "" if n == args.val_samples else f" (the whole split: --val_samples {args.val_samples})"
         logger.info(
-            f"Validation: {args.val_samples} samples by the {args.val_mode} rule against "
-            f"{len(self.real_u8)} real images"
+            f"Validation: {n} samples by the {args.val_mode} rule against the same number of real images{shortfall}"
         )
 
     @torch.no_grad()
@@ -88,7 +89,7 @@ class Validator:
         from metrics.kid import kid, kid_standard_error
 
         args, acc = self.args, self.accelerator
-        n_total = args.val_samples
+        n_total = len(self.real_labels)  # --val_samples, or the whole split when it is smaller
         per_rank = math.ceil(n_total / acc.num_processes)
         lo = min(acc.process_index * per_rank, n_total)
         hi = min(lo + per_rank, n_total)
