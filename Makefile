@@ -1,5 +1,5 @@
 # Entry points: `make test` (the whole suite), `make demo` (the study on the embedded phantom data),
-# `make bench` (performance table), `make lint`.
+# `make bench` (performance table), `make mutants` (does the suite notice broken code?), `make lint`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ QUICK ?= 0
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
-.PHONY: setup test lint demo bench gpu-check clean
+.PHONY: setup test lint demo bench gpu-check mutants clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ bench: $(STAMP)
 # but no network to install into the venv). GPU_CHECK_ARGS: more flags, e.g. --dry (the CPU dry run) or --resume.
 gpu-check: $(if $(GPU_PY),,$(STAMP))
 	@HF_HUB_OFFLINE=1 $(or $(GPU_PY),$(PY)) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# Method-breaking edits, one at a time in a temporary copy: the suite must notice each (README, "Mutation testing").
+mutants: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m mutants
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

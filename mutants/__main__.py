@@ -24,8 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tracked_files() -> list[str]:
-    """The files git tracks (the copy holds nothing else: no venv, no outputs)."""
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    """The files git tracks or would track (the copy holds nothing else: no venv, no outputs)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
     return [name for name in out.decode().split("\0") if name]
 
 

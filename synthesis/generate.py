@@ -123,6 +123,12 @@ class SynthesisJob:
     def png(self, index: int) -> Path:
         return self.folder / self.subdir / f"{index:06d}.png"
 
+    @property
+    def grid(self) -> Path:
+        """`{sample_dir}/{folder}_{subdir}_grid.png`: beside the sample folder, not in it, so that a recursive PNG glob
+        of the folder (the reference's evaluate.py) finds exactly the generated images."""
+        return self.folder.parent / f"{self.folder.name}_{self.subdir}_grid.png"
+
 
 def run_synthesis(
     job: SynthesisJob,
@@ -151,8 +157,9 @@ def run_synthesis(
         # Temporary files a killed run left behind: this job's own sub-folder and outputs only (the other sampling
         # script may be writing in the same sample folder).
         remove_stale_temps(job.folder / job.subdir)
-        outputs = (job.csv_name, f"{job.subdir}_annotations.npz.npy", f"{job.subdir}_grid.png")
+        outputs = (job.csv_name, f"{job.subdir}_annotations.npz.npy")
         remove_stale_temps(job.folder, recursive=False, targets=outputs)
+        remove_stale_temps(job.folder.parent, recursive=False, targets=(job.grid.name,))
         (job.folder / job.subdir).mkdir(parents=True, exist_ok=True)
     barrier()
     start = time.time()
@@ -194,7 +201,7 @@ def run_synthesis(
         summary["csv"] = write_annotations(
             job.folder, job.csv_name, job.subdir, list(range(len(job.labels))), job.labels, job.label_names
         )
-        save_sample_grid(job, job.folder / f"{job.subdir}_grid.png")
+        save_sample_grid(job, job.grid)
         if logger is not None:
             logger.info(
                 f"Wrote {written} new images ({len(job.labels)} in total) in {seconds:.1f} s "

@@ -123,7 +123,21 @@ def test_missing_weights_leave_other_metrics_running(phantom_root, tmp_path, mon
     assert stand_in.calls == calls
     assert again["metrics"]["KID"] == metrics["KID"]
     assert again["metrics"]["LPIPS"]["available"] and again["metrics"]["LPIPS"]["pairs"] == 7
-    assert again["metrics"]["LPIPS"]["mean"] > 0
+    # Recomputed here: the same LPIPS network on the 7 pairs (perm[k], perm[k + 1]) of randperm(8) seeded with
+    # --seed + 2, images as [0, 1] tensors.
+    from metrics.lpips_diversity import load_lpips
+
+    net = load_lpips(str(alexnet), "cpu")
+    files = list(read_fold_csv(gen / "val_syn_0.csv")["filename"])
+    perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(2)).tolist()
+
+    def tensor(i: int) -> torch.Tensor:
+        return torchvision.transforms.functional.to_tensor(Image.open(gen / files[i]).convert("RGB"))[None]
+
+    with torch.no_grad():
+        dists = [float(net(tensor(a), tensor(b), normalize=True)) for a, b in zip(perm, perm[1:])]
+    assert again["metrics"]["LPIPS"]["mean"] == pytest.approx(np.mean(dists), rel=1e-5)
+    assert again["metrics"]["LPIPS"]["std"] == pytest.approx(np.std(dists), rel=1e-4)
 
 
 def test_retinamnist_uses_its_test_split(tmp_path, monkeypatch):

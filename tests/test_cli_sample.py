@@ -127,7 +127,12 @@ def test_augmentation_set_counts_names_and_label_multiset(ws, tmp_path):
     assert df["multi_class_label"].tolist() == [ranks[s] for s in strings]
     ann = np.load(folder / "gen_samples_annotations.npz.npy")
     np.testing.assert_array_equal(ann, df[list(OCT_LABELS)].to_numpy().astype(np.float32))
-    assert (folder / "gen_samples_grid.png").is_file()
+    assert (folder.parent / f"{folder.name}_gen_samples_grid.png").is_file()
+    # The reference's evaluate.py reads every PNG below --gen: exactly the generated images, no grid among them.
+    import glob
+
+    found = sorted(glob.glob(os.path.join(str(folder), "**/*.png"), recursive=True))
+    assert found == sorted(str(folder / f) for f in df["filename"])
 
 
 def test_validation_copy_keeps_file_order(ws, tmp_path):
@@ -332,7 +337,11 @@ def test_ghg_and_no_ghg_sets_live_side_by_side(ws, tmp_path):
     summary = sample_ddp.main(sample_ddp.parse_args([*base, "--no-ghg"]))
     assert summary["images"] == len(ws["train_labels"])  # a new set, nothing skipped
     name = "GeCA-T-GS-fold-0-nstep-4-GeCA-T-size-64-vae-vae-cfg-1.0-seed-0"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + "-noghg"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [name, name + "-noghg"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        f"{name}-noghg_gen_samples_grid.png",
+        f"{name}_gen_samples_grid.png",
+    ]
     ghg, fresh = png_bytes(tmp_path / name, "gen_samples"), png_bytes(tmp_path / (name + "-noghg"), "gen_samples")
     assert sorted(ghg) == sorted(fresh) and ghg != fresh
     csv = [(tmp_path / folder / "train_syn_0.csv").read_text() for folder in (name, name + "-noghg")]

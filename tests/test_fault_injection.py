@@ -176,9 +176,11 @@ def test_sampling_killed_at_a_random_moment_resumes_to_the_same_files(oct_root, 
     run_to_end(cmd)
     assert killed
 
-    (ref,) = (tmp_path / "a").iterdir()
-    (got,) = (tmp_path / "b").iterdir()
+    (ref,) = [p for p in (tmp_path / "a").iterdir() if p.is_dir()]
+    (got,) = [p for p in (tmp_path / "b").iterdir() if p.is_dir()]
     assert ref.name == got.name
+    grid = f"{got.name}_gen_samples_val_grid.png"  # beside the sample folder
+    assert (tmp_path / "b" / grid).read_bytes() == (tmp_path / "a" / grid).read_bytes()
     check_every_file(got)
     ref_files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
     assert sorted(p.relative_to(got) for p in got.rglob("*") if p.is_file()) == ref_files

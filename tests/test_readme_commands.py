@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.flags import assert_flags_applied
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SCRIPTS = ("extract_features", "train", "sample_ddp", "sample_ddp_val", "evaluate", "classify", "train_vae")
 
@@ -40,5 +42,4 @@ def test_readme_shows_every_script():
 @pytest.mark.parametrize(("script", "argv"), COMMANDS, ids=[f"{s}-{i}" for i, (s, _) in enumerate(COMMANDS)])
 def test_readme_command_parses(script, argv):
     module = importlib.import_module(script)
-    args = module.build_parser().parse_args(argv)
-    assert args is not None
+    assert_flags_applied(module.build_parser(), argv)
