@@ -39,6 +39,7 @@ from downstream.splits import EVAL_SPLITS, FoldData, load_fold
 from downstream.study import run_hash, run_path, run_study
 from downstream.training import TrainConfig
 from infra.distributed import pick_device
+from infra.errors import UserError, run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
 
@@ -71,7 +72,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     }
     bad = [flag for flag, ok in checks.items() if not ok]
     if bad:
-        raise ValueError(f"invalid value for {', '.join(bad)}")
+        raise UserError(f"invalid value for {', '.join(bad)}")
     augment = AugmentConfig(
         rotation=args.aug_rotation,
         flip_p=args.aug_flip_p,
@@ -136,12 +137,12 @@ def prepare(args: argparse.Namespace) -> tuple[list[Condition], tuple[str, ...],
     a `val_syn_{fold}.csv` to score, the `geometric` condition is required (an error says so before any training).
     """
     if not args.folds or not args.seeds:
-        raise ValueError("--folds and --seeds need at least one value each")
+        raise UserError("--folds and --seeds need at least one value each")
     if len(set(args.folds)) != len(args.folds) or len(set(args.seeds)) != len(args.seeds):
-        raise ValueError("--folds and --seeds must not repeat values")
+        raise UserError("--folds and --seeds must not repeat values")
     conditions = parse_conditions(args.conditions)
     if not any(c.trains for c in conditions):
-        raise ValueError(f"--conditions: {[c.spec() for c in conditions]} train nothing; add '{BASELINE}'")
+        raise UserError(f"--conditions: {[c.spec() for c in conditions]} train nothing; add '{BASELINE}'")
     label_names = study_labels(args)
     cfg = train_config(args)
     weights = find_pretrained(args.arch, args.pretrained)
@@ -149,7 +150,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Condition], tuple[str, ...],
     folds = {f: load_fold(data_path, f, label_names, conditions, args.eval_split, args.gan_test) for f in args.folds}
     copies = sorted({name for d in folds.values() for name in d.synthetic_val})
     if copies and not any(c.kind == BASELINE for c in conditions):
-        raise ValueError(
+        raise UserError(
             f"--conditions: GAN-test scores the validation copies (val_syn_{{fold}}.csv) of {copies} with the "
             f"classifier of the '{BASELINE}' condition, which is missing; add '{BASELINE}' to --conditions, or pass "
             "--no-gan-test"
@@ -170,8 +171,8 @@ def main(args: argparse.Namespace) -> dict:
     try:
         conditions, label_names, cfg, weights, folds = prepare(args)
     except (ValueError, FileNotFoundError) as err:
-        logger.error(f"error: {err}")
-        raise SystemExit(f"classify.py: error: {err}") from err
+        logger.error(f"error: {err}")  # also in log.txt; the entry point prints the one-line message
+        raise UserError(str(err)) from err
     device = pick_device(0, args.device)
     set_tf32(args.tf32)
     logger.info(f"device {device}; labels {list(label_names)}; conditions {[c.spec() for c in conditions]}")
@@ -371,4 +372,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("classify.py", lambda: main(build_parser().parse_args()))

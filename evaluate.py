@@ -38,6 +38,7 @@ from data.transforms import center_crop_arr
 from data.validate import check_images, read_fold_csv
 from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_write_text
+from infra.errors import run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
 from infra.seeding import seed_everything
@@ -509,4 +510,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("evaluate.py", lambda: main(build_parser().parse_args()))

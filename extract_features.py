@@ -30,6 +30,7 @@ from data.transforms import image_transform
 from data.vae import encode_latents, load_vae
 from infra.atomic_io import atomic_np_save, atomic_write_text
 from infra.distributed import all_gather_objects, barrier, cleanup_distributed, setup_distributed
+from infra.errors import UserError, run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
 from infra.rng import sample_generators
@@ -84,13 +85,13 @@ class _FlippedRows(Dataset):
 def check_args(args: argparse.Namespace, world_size: int) -> None:
     """Reject bad flag values before any work, naming the flag."""
     if args.image_size <= 0 or args.image_size % 8 != 0:
-        raise ValueError(f"--image-size {args.image_size} must be a positive multiple of 8 (the VAE downsamples by 8)")
+        raise UserError(f"--image-size {args.image_size} must be a positive multiple of 8 (the VAE downsamples by 8)")
     if args.global_batch_size < world_size or args.global_batch_size % world_size != 0:
-        raise ValueError(
+        raise UserError(
             f"--global-batch-size {args.global_batch_size} must be a multiple of the world size {world_size}"
         )
     if args.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+        raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -114,7 +115,7 @@ def main(args: argparse.Namespace) -> None:
         )
         num_labels = len(dataset.label_names)
         if args.num_classes not in (_NUM_CLASSES_DEFAULT, num_labels):
-            raise ValueError(f"--num-classes {args.num_classes} does not match the {num_labels} labels of {kind} data")
+            raise UserError(f"--num-classes {args.num_classes} does not match the {num_labels} labels of {kind} data")
         flip = kind != "retinamnist" and not args.no_flip  # the reference flips OCT/TNBC images, not RetinaMNIST
 
         # Output folders.
@@ -222,4 +223,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("extract_features.py", lambda: main(build_parser().parse_args()))

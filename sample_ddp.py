@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.errors import UserError, run_main
 from synthesis.cli import add_sampling_args, parse_sampling_args, repeat_labels
 from synthesis.script import run_sampling_script
 
@@ -31,7 +32,7 @@ def training_labels(features_path: str, fold: int, num_classes: int) -> list[np.
     for f in files:
         y = np.load(f).reshape(-1)
         if y.shape[0] != num_classes:
-            raise ValueError(f"{f} has {y.shape[0]} labels, but --num-classes is {num_classes}")
+            raise UserError(f"{f} has {y.shape[0]} labels, but --num-classes is {num_classes}")
         labels.append(y.astype(np.int64))
     return labels
 
@@ -59,4 +60,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_main("sample_ddp.py", lambda: main(parse_args()))

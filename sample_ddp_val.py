@@ -14,6 +14,7 @@ import argparse
 
 import numpy as np
 
+from infra.errors import UserError, run_main
 from synthesis.cli import add_sampling_args, parse_sampling_args, repeat_labels
 from synthesis.script import run_sampling_script
 
@@ -32,7 +33,7 @@ def main(args: argparse.Namespace) -> dict:
     def labels() -> list[np.ndarray]:
         rows = validation_labels(args)
         if rows.shape[1] != args.num_classes:
-            raise ValueError(f"{args.data_path}: {rows.shape[1]} label columns, --num-classes is {args.num_classes}")
+            raise UserError(f"{args.data_path}: {rows.shape[1]} label columns, --num-classes is {args.num_classes}")
         return repeat_labels(list(rows), args.expand_ratio, shuffle_seed=None)
 
     return run_sampling_script(args, "sample_ddp_val", labels, "gen_samples_val", f"val_syn_{args.fold}.csv")
@@ -52,4 +53,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_main("sample_ddp_val.py", lambda: main(parse_args()))

@@ -24,6 +24,7 @@ import torch
 from diffusion import create_diffusion
 from infra.argtypes import image_size_flag
 from infra.checkpoint import find_model
+from infra.errors import UserError, run_main
 from infra.precision import add_tf32_flag, set_tf32
 from infra.run_args import given_flags
 from infra.seeding import isolated_global_rng, rank_seed, seed_everything, set_global_rng_state
@@ -84,7 +85,7 @@ def main(args: argparse.Namespace, given: set[str] | None = None) -> Path:
     check_input_size(args, model.input_multiple)
     if args.nca_checkpoint:
         if not getattr(model, "is_cellular", False):
-            raise ValueError(f"--nca-checkpoint applies to cellular models (GeCA), not --model {args.model}")
+            raise UserError(f"--nca-checkpoint applies to cellular models (GeCA), not --model {args.model}")
         model.nca_checkpoint = args.nca_checkpoint
     if args.load_from and os.path.exists(args.load_from):
         if resume is None:
@@ -293,4 +294,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     parser = build_parser()
-    main(parser.parse_args(), given_flags(parser, None))
+    run_main("train.py", lambda: main(parser.parse_args(), given_flags(parser, None)))

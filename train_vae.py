@@ -43,6 +43,7 @@ from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_save_grid, atomic_write_text
 from infra.checkpoint import load_checkpoint, save_checkpoint
 from infra.distributed import pick_device
+from infra.errors import UserError, run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
 from infra.rng import randn, sample_generators
@@ -240,27 +241,27 @@ def write_metrics(path: Path, history: list[list[float]]) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """Reject bad flag values before any work, naming the flag."""
     if len(args.block_out_channels) != 4:
-        raise ValueError(
+        raise UserError(
             f"--block-out-channels needs 4 widths (4 resolution levels = downsampling by 8, as the SD-VAE the other "
             f"scripts expect), got {args.block_out_channels}"
         )
     if args.norm_num_groups <= 0 or any(w <= 0 or w % args.norm_num_groups for w in args.block_out_channels):
-        raise ValueError(
+        raise UserError(
             f"every --block-out-channels width must be a positive multiple of --norm-num-groups "
             f"{args.norm_num_groups} (group normalisation), got {args.block_out_channels}"
         )
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--ckpt-every", args.ckpt_every),
                         ("--log-every", args.log_every)):  # fmt: skip
         if value <= 0:
-            raise ValueError(f"{flag} must be positive, got {value}")
+            raise UserError(f"{flag} must be positive, got {value}")
     if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+        raise UserError(f"--lr must be positive, got {args.lr}")
     if args.kl_weight < 0:
-        raise ValueError(f"--kl-weight must be >= 0, got {args.kl_weight}")
+        raise UserError(f"--kl-weight must be >= 0, got {args.kl_weight}")
     if args.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+        raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.threads is not None and args.threads <= 0:
-        raise ValueError(f"--threads must be positive, got {args.threads}")
+        raise UserError(f"--threads must be positive, got {args.threads}")
 
 
 def check_resume(ckpt: dict, args: argparse.Namespace, kind: str, ckpt_path: Path) -> None:
@@ -271,12 +272,12 @@ def check_resume(ckpt: dict, args: argparse.Namespace, kind: str, ckpt_path: Pat
     pairs.append(("--dataset", ckpt["dataset"], kind))
     for flag, before, now in pairs:
         if before != now:
-            raise ValueError(
+            raise UserError(
                 f"{ckpt_path} was trained with {flag} {before}, this run has {now}; use another --out for a new "
                 "autoencoder, or the checkpoint's value to continue it"
             )
     if ckpt["step"] > args.steps:
-        raise ValueError(f"{ckpt_path} is at step {ckpt['step']}, beyond --steps {args.steps}")
+        raise UserError(f"{ckpt_path} is at step {ckpt['step']}, beyond --steps {args.steps}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,11 +298,11 @@ def main(args: argparse.Namespace) -> dict:
     train_set = build_dataset(kind, args.data_path, "train", args.fold, transform, args.label_columns)
     val_set = build_dataset(kind, args.data_path, "val", args.fold, transform, args.label_columns)
     if len(train_set) < args.batch_size:
-        raise ValueError(
+        raise UserError(
             f"--batch-size {args.batch_size} exceeds the {len(train_set)} training images of fold {args.fold}"
         )
     if len(val_set) == 0:
-        raise ValueError(f"fold {args.fold} has no validation images (PSNR is measured on them)")
+        raise UserError(f"fold {args.fold} has no validation images (PSNR is measured on them)")
 
     out = Path(args.out)
     ckpt_path = out / "checkpoints" / "last.pt"
@@ -452,4 +453,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("train_vae.py", lambda: main(build_parser().parse_args()))

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from data.images import open_rgb
 from data.labels import OCT_LABELS, RETINAMNIST_LABELS, TNBC_LABELS
 from data.validate import validate_fold_csv
+from infra.errors import UserError
 
 # The MedMNIST+ 224-px release file medmnist 3.x reads from its root (`{flag}_{size}.npz`).
 RETINAMNIST_NPZ = "retinamnist_224.npz"
@@ -71,7 +72,7 @@ class FoldCSVDataset(Dataset):
         try:
             image = open_rgb(self.root / self.filenames[index])
         except Exception as err:  # a file changed or damaged after the up-front check: say which row it is
-            raise ValueError(
+            raise UserError(
                 f"{self.csv_path}: line {index + 2} ({self.filenames[index]}) cannot be read as an image: "
                 f"{type(err).__name__}: {err}"
             ) from err
@@ -99,7 +100,7 @@ class RetinaMNISTDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None) -> None:
         if split not in RETINAMNIST_SPLITS:
-            raise ValueError(f"RetinaMNIST split must be one of {RETINAMNIST_SPLITS}, got {split!r}")
+            raise UserError(f"RetinaMNIST split must be one of {RETINAMNIST_SPLITS}, got {split!r}")
         npz = Path(root) / RETINAMNIST_NPZ
         if not npz.is_file():
             raise FileNotFoundError(
@@ -113,7 +114,7 @@ class RetinaMNISTDataset(Dataset):
         self._base = RetinaMNIST(split=split, root=str(root), size=224, as_rgb=True, download=False)
         grades = np.asarray(self._base.labels).reshape(-1).astype(np.int64)
         if grades.min() < 0 or grades.max() >= len(RETINAMNIST_LABELS):
-            raise ValueError(f"{npz}: {split}_labels must be grades 0..{len(RETINAMNIST_LABELS) - 1}")
+            raise UserError(f"{npz}: {split}_labels must be grades 0..{len(RETINAMNIST_LABELS) - 1}")
         self.labels = np.eye(len(RETINAMNIST_LABELS), dtype=np.int64)[grades]  # (N, 5) one-hot
         self.label_names = RETINAMNIST_LABELS
         self.split = split
@@ -143,14 +144,14 @@ def label_names_for(kind: str, label_columns: Sequence[str] | None = None) -> tu
     fixed = {"oct": OCT_LABELS, "retinamnist": RETINAMNIST_LABELS, "tnbc": TNBC_LABELS}
     if kind == "csv":
         if not label_columns:
-            raise ValueError("--label-columns is required with --dataset csv (the names of the 0/1 label columns)")
+            raise UserError("--label-columns is required with --dataset csv (the names of the 0/1 label columns)")
         if len(set(label_columns)) != len(label_columns):
-            raise ValueError(f"--label-columns has repeated names: {list(label_columns)}")
+            raise UserError(f"--label-columns has repeated names: {list(label_columns)}")
         return tuple(label_columns)
     if kind not in fixed:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of oct, retinamnist, csv, tnbc")
+        raise UserError(f"unknown dataset kind {kind!r}; expected one of oct, retinamnist, csv, tnbc")
     if label_columns:
-        raise ValueError(f"--label-columns applies to --dataset csv only, not {kind!r}")
+        raise UserError(f"--label-columns applies to --dataset csv only, not {kind!r}")
     return fixed[kind]
 
 

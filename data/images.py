@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from infra.errors import UserError
+
 # Modes that PIL's convert("RGB") maps to 8-bit RGB without loss of meaning.
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"})
 # 16-bit greyscale in its byte orders; scaled, not clipped.
@@ -100,7 +102,7 @@ def image_file_problem(path: str | Path, min_size: int | None = None, level: str
         identify" or "smaller than the 32-pixel crop (...)", and this file's detail ("16 x 12 pixels"; may be "").
     """
     if level not in CHECK_LEVELS:
-        raise ValueError(f"image check level must be one of {CHECK_LEVELS}, got {level!r}")
+        raise UserError(f"image check level must be one of {CHECK_LEVELS}, got {level!r}")
     try:
         with Image.open(path) as image:
             mode, (width, height) = image.mode, image.size

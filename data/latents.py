@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from infra.errors import UserError
+
 
 def latent_pair_files(features_path: str | Path, fold: int) -> tuple[list[Path], list[Path]]:
     """The feature and label files of a fold, paired by name, in the reference's lexicographic order.
@@ -27,10 +29,10 @@ def latent_pair_files(features_path: str | Path, fold: int) -> tuple[list[Path],
     feats = sorted(p.name for p in feat_dir.glob("*.npy"))
     labels = sorted(p.name for p in label_dir.glob("*.npy"))
     if not feats:
-        raise ValueError(f"{feat_dir} holds no .npy latents (empty fold {fold})")
+        raise UserError(f"{feat_dir} holds no .npy latents (empty fold {fold})")
     if len(feats) != len(labels) or feats != labels:
         missing = sorted(set(feats) ^ set(labels))[:5]
-        raise ValueError(
+        raise UserError(
             f"{feat_dir} has {len(feats)} latents but {label_dir} has {len(labels)} labels; "
             f"unpaired files include {missing}"
         )
@@ -65,9 +67,9 @@ class LatentDataset(Dataset):
         """Fail early when the first pair does not match the model (`--image-size`, `--num-classes`)."""
         x, y = self[0]
         if tuple(x.shape[-3:]) != tuple(latent_shape):
-            raise ValueError(
+            raise UserError(
                 f"{self.feature_files[0]} has latent shape {tuple(x.shape)}, but --image-size and "
                 f"--in_channels give {tuple(latent_shape)}"
             )
         if y.shape[-1] != num_classes:
-            raise ValueError(f"{self.label_files[0]} has {y.shape[-1]} labels, but --num-classes is {num_classes}")
+            raise UserError(f"{self.label_files[0]} has {y.shape[-1]} labels, but --num-classes is {num_classes}")

@@ -20,6 +20,7 @@ import pandas as pd
 from data.labels import OCT_LABELS
 from data.validate import validate_frame
 from infra.atomic_io import atomic_write_text
+from infra.errors import UserError, run_main
 
 # Used as the patient column when the master CSV has it and --patient-col is not given.
 DEFAULT_PATIENT_COLUMN = "patient_name"
@@ -115,11 +116,11 @@ def make_folds(
         One dict per fold mapping "train", "val" (and "test") to row subsets of `frame`, in the master's row order.
     """
     if folds < 1 or (val_frac is None and folds < 2):
-        raise ValueError(f"--folds must be at least 2 for K-fold splits (at least 1 with --val-frac), got {folds}")
+        raise UserError(f"--folds must be at least 2 for K-fold splits (at least 1 with --val-frac), got {folds}")
     if not 0.0 <= test_frac < 1.0:
-        raise ValueError(f"--test-frac must be in [0, 1), got {test_frac}")
+        raise UserError(f"--test-frac must be in [0, 1), got {test_frac}")
     if val_frac is not None and not 0.0 < val_frac < 1.0:
-        raise ValueError(f"--val-frac must be in (0, 1), got {val_frac}")
+        raise UserError(f"--val-frac must be in (0, 1), got {val_frac}")
     rng = np.random.default_rng(seed)
     labels = frame[list(label_cols)].to_numpy(dtype=np.int64)
     keys = frame[patient_col].astype(str).to_numpy() if patient_col else np.arange(len(frame)).astype(str)
@@ -198,7 +199,7 @@ def resolve_patient_column(frame: pd.DataFrame, patient_col: str | None) -> str 
     if patient_col == "":
         return None
     if patient_col not in frame.columns:
-        raise ValueError(f"--patient-col {patient_col!r} is not a column of the master CSV: {list(frame.columns)}")
+        raise UserError(f"--patient-col {patient_col!r} is not a column of the master CSV: {list(frame.columns)}")
     return patient_col
 
 
@@ -207,7 +208,7 @@ def main(args: argparse.Namespace) -> None:
     frame = read_master(args.csv)
     label_cols = list(args.label_cols) if args.label_cols else list(OCT_LABELS)
     if not args.label_cols and not set(OCT_LABELS) <= set(frame.columns):
-        raise ValueError(f"{args.csv} lacks the OCT label columns; name its label columns with --label-cols")
+        raise UserError(f"{args.csv} lacks the OCT label columns; name its label columns with --label-cols")
     validate_frame(frame, label_cols, str(args.csv))
     patient_col = resolve_patient_column(frame, args.patient_col)
 
@@ -253,4 +254,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("python -m data.make_folds", lambda: main(build_parser().parse_args()))

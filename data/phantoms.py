@@ -25,6 +25,7 @@ from data.datasets import RETINAMNIST_NPZ
 from data.labels import OCT_LABELS, RETINAMNIST_LABELS
 from data.make_folds import make_folds, split_counts, write_folds
 from infra.atomic_io import atomic_write, atomic_write_text
+from infra.errors import UserError, run_main
 
 PHANTOM_KINDS = ("oct", "fundus")
 IMAGES_PER_PATIENT = 2
@@ -557,7 +558,7 @@ def make_phantom_images(kind: str, num_images: int, size: int, seed: int) -> tup
 def phantom_labels(kind: str, num_images: int, seed: int) -> np.ndarray:
     """(N, K) int64 labels of a phantom set; the images of one patient share their labels."""
     if kind not in PHANTOM_KINDS:
-        raise ValueError(f"--kind must be one of {PHANTOM_KINDS}, got {kind!r}")
+        raise UserError(f"--kind must be one of {PHANTOM_KINDS}, got {kind!r}")
     return np.stack([patient_labels(kind, seed, i // IMAGES_PER_PATIENT) for i in range(num_images)])
 
 
@@ -606,9 +607,9 @@ def make_phantom_dataset(
         Per-label counts of every split (data.make_folds.split_counts).
     """
     if retinamnist_npz and kind != "fundus":
-        raise ValueError("--retinamnist-npz needs --kind fundus")
+        raise UserError("--retinamnist-npz needs --kind fundus")
     if num_images < 2 * folds * IMAGES_PER_PATIENT:
-        raise ValueError(
+        raise UserError(
             f"--num-images {num_images} is too few for {folds} folds of {IMAGES_PER_PATIENT}-image patients"
         )
     labels = phantom_labels(kind, num_images, seed)
@@ -657,4 +658,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("python -m data.phantoms", lambda: main(build_parser().parse_args()))

@@ -12,6 +12,7 @@ import numpy as np
 
 from data.datasets import RetinaMNISTDataset, build_dataset, fold_csv_path, label_names_for
 from data.validate import validate_fold_csv
+from infra.errors import UserError
 
 __all__ = [
     "DATASET_KINDS",
@@ -50,12 +51,12 @@ def pick_dataset(data_path: str, dataset: str | None = None) -> str:
     """
     if dataset is not None:
         if dataset not in DATASET_KINDS:
-            raise ValueError(f"--dataset must be one of {DATASET_KINDS}, got {dataset!r}")
+            raise UserError(f"--dataset must be one of {DATASET_KINDS}, got {dataset!r}")
         return dataset
     for needle, kind in _PATH_RULES:
         if needle in data_path:
             return kind
-    raise ValueError(
+    raise UserError(
         f"cannot tell the dataset from --data-path {data_path!r} (the reference looks for 'RetinaMNIST', 'MNIST', "
         f"'retina', 'oct' or 'TNBC' in it); pass --dataset {{{','.join(DATASET_KINDS)}}}"
     )

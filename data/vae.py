@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 from diffusers import AutoencoderKL
 
+from infra.errors import UserError
 from infra.rng import Generator, randn
 
 # Latent scaling factor of the SD VAE used by the reference (encode: x 0.18215, decode: / 0.18215); also what a VAE
@@ -90,7 +91,7 @@ def load_vae(vae: str, device: torch.device | str = "cpu") -> AutoencoderKL:
     else:
         folder = Path(vae)
         if not folder.is_dir():
-            raise ValueError(
+            raise UserError(
                 f"--vae must be one of {sorted(VAE_HUB_IDS)} or a folder holding a diffusers VAE, got {vae!r}"
             )
         if not (folder / "config.json").is_file():
@@ -113,7 +114,7 @@ def latent_scale(vae: AutoencoderKL) -> float:
         return LATENT_SCALE
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"the VAE's config.json has scaling_factor {value}; it must be a positive finite number")
+        raise UserError(f"the VAE's config.json has scaling_factor {value}; it must be a positive finite number")
     return value
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from data.images import image_file_problem
+from infra.errors import UserError
 
 # How many offending rows an error message lists.
 MAX_REPORTED_ROWS = 5
@@ -48,9 +49,9 @@ def read_fold_csv(csv_path: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(csv_path, index_col=0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{csv_path}: cannot be read as CSV ({err})") from err
+        raise UserError(f"{csv_path}: cannot be read as CSV ({err})") from err
     if len(frame) == 0:
-        raise ValueError(f"{csv_path}: has no data rows")
+        raise UserError(f"{csv_path}: has no data rows")
     return frame
 
 
@@ -62,7 +63,7 @@ def check_columns(frame: pd.DataFrame, label_names: Sequence[str], source: str) 
     hint = ""
     if frame.index.name == "filename":
         hint = " (the first column is read as the index, as in the reference; add an index column before 'filename')"
-    raise ValueError(f"{source}: missing column(s) {missing}; found {list(frame.columns)}{hint}")
+    raise UserError(f"{source}: missing column(s) {missing}; found {list(frame.columns)}{hint}")
 
 
 def check_labels(frame: pd.DataFrame, label_names: Sequence[str], source: str) -> np.ndarray:
@@ -78,7 +79,7 @@ def check_labels(frame: pd.DataFrame, label_names: Sequence[str], source: str) -
     bad = np.flatnonzero(~np.isin(values, (0.0, 1.0)).all(axis=1))
     if len(bad):
         cols = [c for c, ok in zip(label_names, np.isin(values[bad], (0.0, 1.0)).all(axis=0)) if not ok]
-        raise ValueError(f"{source}: label columns {cols} must hold 0 or 1; bad values in {_describe_rows(frame, bad)}")
+        raise UserError(f"{source}: label columns {cols} must hold 0 or 1; bad values in {_describe_rows(frame, bad)}")
     return values.astype(np.int64)
 
 
@@ -86,7 +87,7 @@ def check_duplicates(frame: pd.DataFrame, source: str) -> None:
     """Raise ValueError when a `filename` appears in more than one row."""
     dup = np.flatnonzero(frame["filename"].astype(str).duplicated(keep=False).to_numpy())
     if len(dup):
-        raise ValueError(f"{source}: duplicate filename in {_describe_rows(frame, dup)}")
+        raise UserError(f"{source}: duplicate filename in {_describe_rows(frame, dup)}")
 
 
 def check_images(
@@ -108,7 +109,7 @@ def check_images(
             line, file and reason.
     """
     if mode not in IMAGE_CHECKS:
-        raise ValueError(f"image check mode must be one of {IMAGE_CHECKS}, got {mode!r}")
+        raise UserError(f"image check mode must be one of {IMAGE_CHECKS}, got {mode!r}")
     if mode == "none":
         return
     paths = [os.path.join(root, f) for f in frame["filename"].astype(str)]
@@ -130,7 +131,7 @@ def check_images(
             f"{reason}: {_describe_rows(frame, np.array([i for i, _ in rows]), [d for _, d in rows])}"
             for reason, rows in by_reason.items()
         ]
-        raise ValueError(f"{source}: unusable image file(s) under {root}: " + "; ".join(groups))
+        raise UserError(f"{source}: unusable image file(s) under {root}: " + "; ".join(groups))
 
 
 def validate_frame(frame: pd.DataFrame, label_names: Sequence[str], source: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from demo.plan import Layout, build_stages
 from demo.profiles import DEMO_MODELS, FOLD, PROFILES
 from demo.runner import Runner, StageFailed, format_seconds, log_tail
 from infra.atomic_io import atomic_write_text
+from infra.errors import run_main
 
 
 def default_device() -> str:
@@ -116,4 +117,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main(build_parser().parse_args()))
+    sys.exit(run_main("python -m demo", lambda: main(build_parser().parse_args())))

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.errors import UserError
+
 BASELINE = "geometric"
 SYNTHETIC_KINDS: tuple[str, ...] = ("synthetic", "synthetic-only")
 # A set that is only scored (GAN-test), never trained on.
@@ -62,7 +64,7 @@ class Condition:
     def folder(self, fold: int) -> Path:
         """The sample folder of `fold` (the `{fold}` placeholder filled in)."""
         if self.sample_dir is None:
-            raise ValueError(f"condition {self.name!r} has no sample folder")
+            raise UserError(f"condition {self.name!r} has no sample folder")
         return fold_folder(self.sample_dir, fold)
 
     @property
@@ -111,17 +113,17 @@ def parse_condition(text: str) -> Condition:
         return Condition(text, text)
     kind, sep, rest = text.partition(":")
     if kind not in (*SYNTHETIC_KINDS, SCORE_ONLY) or not sep or not rest:
-        raise ValueError(f"--conditions {text!r}: unknown condition; expected {SYNTAX}")
+        raise UserError(f"--conditions {text!r}: unknown condition; expected {SYNTAX}")
     name, eq, folder = rest.partition("=")
     if not eq or "/" in name or "\\" in name:
         name, folder = "", rest
     if not folder:
-        raise ValueError(f"--conditions {text!r}: empty sample folder; expected {SYNTAX}")
+        raise UserError(f"--conditions {text!r}: empty sample folder; expected {SYNTAX}")
     name = name or Path(folder).resolve().name
     if not name or name in KINDS:
-        raise ValueError(f"--conditions {text!r}: give the synthetic condition a name other than {KINDS}: NAME=DIR")
+        raise UserError(f"--conditions {text!r}: give the synthetic condition a name other than {KINDS}: NAME=DIR")
     if name.endswith(SYNTHETIC_ONLY_SUFFIX):
-        raise ValueError(f"--conditions {text!r}: NAME must not end with {SYNTHETIC_ONLY_SUFFIX!r}")
+        raise UserError(f"--conditions {text!r}: NAME must not end with {SYNTHETIC_ONLY_SUFFIX!r}")
     row = name + SYNTHETIC_ONLY_SUFFIX if kind == "synthetic-only" else name
     return Condition(row, kind, folder, name)
 
@@ -132,11 +134,11 @@ def parse_conditions(texts: list[str]) -> list[Condition]:
     names = [c.name for c in conditions]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"--conditions: duplicate condition names {duplicates}; use synthetic:NAME=DIR")
+        raise UserError(f"--conditions: duplicate condition names {duplicates}; use synthetic:NAME=DIR")
     folders: dict[str, str] = {}
     for c in conditions:
         if c.set_name is not None and folders.setdefault(c.set_name, c.sample_dir) != c.sample_dir:
-            raise ValueError(
+            raise UserError(
                 f"--conditions: synthetic set {c.set_name!r} names two folders ({folders[c.set_name]} and "
                 f"{c.sample_dir}); one NAME is one synthetic set"
             )

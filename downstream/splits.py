@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from data.datasets import FoldCSVDataset, fold_csv_path
 from data.validate import read_fold_csv
 from downstream.conditions import Condition, fold_folder, synthetic_sets
+from infra.errors import UserError
 
 # Columns of `train_syn_{fold}.csv` that are not labels (docs/REFERENCE.md §3.3).
 SYNTHETIC_META_COLUMNS: tuple[str, ...] = ("client_id", "filename", "patient_name", "multi_class_label")
@@ -41,7 +42,7 @@ def check_synthetic_columns(csv: Path, label_names: tuple[str, ...]) -> None:
     missing = [n for n in label_names if n not in columns]
     extra = [c for c in columns if c not in label_names and c not in SYNTHETIC_META_COLUMNS]
     if missing or extra:
-        raise ValueError(
+        raise UserError(
             f"{csv}: label columns differ from the real data's {list(label_names)}: missing {missing}, extra {extra}"
         )
 
@@ -145,7 +146,7 @@ def load_fold(
         ValueError: a CSV's columns or labels are wrong (named).
     """
     if eval_split not in EVAL_SPLITS:
-        raise ValueError(f"--eval-split {eval_split!r}: choose from {EVAL_SPLITS}")
+        raise UserError(f"--eval-split {eval_split!r}: choose from {EVAL_SPLITS}")
     train = FoldCSVDataset(data_path, "train", fold, label_names)
     val = FoldCSVDataset(data_path, "val", fold, label_names)
     if eval_split == "test" or (eval_split == "auto" and fold_csv_path(data_path, "test", fold).is_file()):

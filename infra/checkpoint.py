@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from infra.atomic_io import atomic_torch_save
+from infra.errors import UserError
 
 # Classes, beyond tensors and containers, that a checkpoint may hold: the reference pickles its parsed flags.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -115,17 +116,17 @@ def load_checkpoint(path: str | Path, required: Sequence[str] = (), expected: st
             ) from err
         # torch's own text for a garbage file suggests weights_only=False, which this loader never does: not shown.
         detail = "" if isinstance(err, pickle.UnpicklingError) else f": {_first_line(err)}"
-        raise ValueError(
+        raise UserError(
             f"{path} ({path.stat().st_size:,} bytes) cannot be read as a PyTorch checkpoint: it is damaged, truncated "
             f"or not a torch.save file (expected {expected}; {type(err).__name__}{detail})"
         ) from err
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a dict (expected {expected})")
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a dict (expected {expected})")
     missing = [k for k in required if k not in checkpoint]
     if missing:
         keys = sorted(map(str, checkpoint))
         shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-        raise ValueError(f"{path} lacks the entries {missing} (it has {shown}; expected {expected})")
+        raise UserError(f"{path} lacks the entries {missing} (it has {shown}; expected {expected})")
     return checkpoint
 
 

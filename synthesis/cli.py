@@ -14,6 +14,7 @@ from diffusion import create_diffusion
 from infra.argtypes import image_size_flag
 from infra.checkpoint import load_checkpoint, model_weights
 from infra.distributed import DistInfo
+from infra.errors import UserError
 from infra.naming import sample_folder_name
 from infra.precision import add_tf32_flag, set_tf32
 from infra.rng import keyed_seed
@@ -134,7 +135,7 @@ def resolve_label_names(args: argparse.Namespace) -> list[str]:
     kind = pick_dataset(args.data_path, args.dataset)
     names = list(label_names_for(kind, args.label_columns))
     if len(names) != args.num_classes:
-        raise ValueError(
+        raise UserError(
             f"--num-classes {args.num_classes} does not match the {len(names)} labels of "
             f"--data-path {args.data_path} ({kind}: {names})"
         )
@@ -160,12 +161,12 @@ def load_sampling_model(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(
+        raise UserError(
             f"--ckpt {args.ckpt} does not match --model {args.model} with --num-classes "
             f"{args.num_classes}, --image-size {args.image_size}: {str(err).splitlines()[0]}"
         ) from err
     if args.num_sampling_steps > diffusion_steps:
-        raise ValueError(
+        raise UserError(
             f"--num-sampling-steps {args.num_sampling_steps} exceeds the {diffusion_steps} diffusion steps "
             "--ckpt was trained with"
         )

@@ -20,6 +20,7 @@ from data.phantoms import make_phantom_dataset
 from downstream.classifier import build_classifier
 from downstream.conditions import parse_conditions
 from downstream.splits import load_fold
+from infra.errors import UserError
 from synthesis.annotations import write_annotations
 
 TINY = ["--dataset", "oct", "--arch", "tiny", "--image-size", "32", "--batch-size", "4", "--num-workers", "0"]
@@ -164,9 +165,9 @@ def test_eval_split_and_fold_placeholder(phantoms, tmp_path):
 
 
 def _expect_error(argv: list[str], out: Path, *fragments: str) -> None:
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UserError) as info:
         run([*argv, "--out", str(out)])
-    message = str(info.value.code)
+    message = str(info.value)
     for fragment in fragments:
         assert fragment in message, message
     assert not (out / "runs").exists()  # nothing was trained

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.latents import LatentDataset
 from data.transforms import image_transform
+from infra.errors import UserError
 from infra.rng import keyed_seed
 
 
@@ -52,7 +53,7 @@ def load_training_set(args: argparse.Namespace) -> tuple[Dataset, int]:
         input_size = args.image_size
         train_set, names = build_image_dataset(args, "train", image_transform(args.image_size))
         if len(names) != args.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"--data-path {args.data_path} has {len(names)} labels, --num-classes is {args.num_classes}"
             )
     else:
@@ -60,7 +61,7 @@ def load_training_set(args: argparse.Namespace) -> tuple[Dataset, int]:
         train_set = LatentDataset(args.feature_path, args.fold, cache=args.cache)
         train_set.check_shapes((args.in_channels, input_size, input_size), args.num_classes)
     if len(train_set) < args.global_batch_size:
-        raise ValueError(
+        raise UserError(
             f"fold {args.fold} has {len(train_set)} training items, fewer than --global-batch-size "
             f"{args.global_batch_size} (batches drop the remainder)"
         )
@@ -75,7 +76,7 @@ def load_validation_batch(args: argparse.Namespace, seed: int) -> tuple[torch.Te
     """
     ds, names = build_image_dataset(args, "val", image_transform(args.image_size))
     if len(names) != args.num_classes:
-        raise ValueError(
+        raise UserError(
             f"--data-path {args.data_path} has {len(names)} labels, but --num-classes is {args.num_classes}"
         )
     g = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from infra.checkpoint import load_checkpoint
+from infra.errors import UserError
 from infra.run_args import MODEL_SHAPE_FLAGS, fill_from_checkpoint, flag_name, format_setting
 from training.experiment import truncate_metrics
 from training.state import RunState
@@ -158,7 +159,7 @@ def reconcile_resume_args(
             notes.append(f"{change}: applied from the first resumed step")
             rule_changed |= key in VALIDATION_RULE_FLAGS
     if refused:
-        raise ValueError(
+        raise UserError(
             f"--resume {resume_path}: these flags differ from the checkpoint's and cannot change in a resumed run: "
             + "; ".join(refused)
             + ". Pass the checkpoint's values or start a new run."
