@@ -22,6 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from data.transforms import center_crop_arr
 from data.validate import check_images, read_fold_csv
 from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_write_text
-from infra.errors import run_main
+from infra.errors import UserError, run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
 from infra.seeding import seed_everything
@@ -302,93 +303,161 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@dataclass
+class References:
+    """The real image sets a sample folder is compared with (and the VAE's reconstructions of them, with
+    --recon-vae): KID's centre-cropped split, GG's whole test and train splits."""
+
+    kind: str
+    split: str
+    real: ImageSet
+    gg_test: ImageSet
+    train: ImageSet | None
+    train_error: str
+    recon_val: ImageSet | None = None
+    recon_root: Path | None = None
+
+    def require_train(self) -> ImageSet:
+        if self.train is None:
+            raise MetricUnavailable(self.train_error)
+        return self.train
+
+    def recon_train(self, args: argparse.Namespace, device: torch.device) -> ImageSet:
+        """The reconstructions of the centre-cropped training split (built on first use)."""
+        crop = (
+            self.require_train()
+            if args.gg_real_crop
+            else real_image_set(args.real, self.kind, "train", args.fold, args.image_size)
+        )
+        return reconstruction_set(crop, args.recon_vae, self.recon_root, device, args.batch_size)
+
+
+def reference_sets(args: argparse.Namespace, device: torch.device, logger: logging.Logger) -> References:
+    """The real split the generated images copy (RetinaMNIST: test), the real training split, and with --recon-vae
+    the reconstructions of the copied split (written to --recon-dir with its labels, see metrics/reconstruction.py).
+
+    KID's real images are centre-cropped to --image-size; GG's are whole, the extractor resizes them
+    (docs/REFERENCE.md §9.1, §9.3), unless --gg-real-crop.
+    """
+    kind = dataset_kind(args.real, args.dataset, logger)
+    split = "test" if kind == "retinamnist" else "val"
+    real = real_image_set(args.real, kind, split, args.fold, args.image_size)
+    gg_crop = args.image_size if args.gg_real_crop else None
+    gg_test = real if args.gg_real_crop else real_image_set(args.real, kind, split, args.fold, None)
+    try:
+        train, train_error = real_image_set(args.real, kind, "train", args.fold, gg_crop), ""
+    except FileNotFoundError as err:
+        train, train_error = None, f"GG needs the real training split: {err}"
+    refs = References(kind, split, real, gg_test, train, train_error)
+    if args.recon_vae is not None:
+        if args.recon_dir:
+            refs.recon_root = Path(args.recon_dir)
+        elif args.gen:
+            refs.recon_root = Path(args.gen).resolve().parent / "reconstructions"
+        else:
+            raise UserError("--recon-vae without --gen needs --recon-dir: where the reconstructions go")
+        labels = None if kind == "retinamnist" else read_fold_csv(fold_csv_path(args.real, split, args.fold))
+        refs.recon_val = reconstruction_set(
+            real,
+            args.recon_vae,
+            refs.recon_root,
+            device,
+            args.batch_size,
+            labels=None if labels is None else labels.drop(columns=["filename"]),
+            csv_name=f"val_syn_{args.fold}.csv",
+        )
+        logger.info(f"VAE reconstructions of the real {split} images: {Path(refs.recon_val.keys[0]).parent}")
+    return refs
+
+
+def cache_references(args: argparse.Namespace, bank: FeatureBank, refs: References, logger: logging.Logger) -> dict:
+    """--reference-only: compute and cache the features of every real (and reconstructed) set, nothing else; returns
+    {"reference_only", "cache_dir", "sets": [[extractor, set name, images]]} (written to --out when given)."""
+    sets = [("inception", refs.real)]
+    if refs.train is not None:
+        sets += [(args.gg_extractor, refs.gg_test), (args.gg_extractor, refs.train)]
+    if refs.recon_val is not None:
+        sets += [("inception", refs.recon_val), (args.gg_extractor, refs.recon_val)]
+        if refs.train is not None:
+            sets.append((args.gg_extractor, refs.recon_train(args, bank.device)))
+    done = []
+    for extractor, images in sets:
+        try:
+            bank.features(extractor, images)
+            done.append([extractor, images.name, len(images)])
+        except MetricUnavailable as err:
+            logger.warning(f"{extractor} features of {images.name} unavailable: {err}")
+    logger.info(f"cached the features of {len(done)} reference set(s) in {bank.cache_dir}")
+    return {"reference_only": True, "cache_dir": str(bank.cache_dir), "sets": done}
+
+
+def compare(
+    args: argparse.Namespace, bank: FeatureBank, refs: References, gen_set: ImageSet, logger: logging.Logger
+) -> dict[str, dict[str, Any]]:
+    """Every metric of the generated set; with --recon-vae also against the reconstructions, and the
+    reconstructions against the real images (the floor every latent model of that VAE shares)."""
+    kid_seed, gg_seed = args.seed + SEED_OFFSETS["KID"], args.seed + SEED_OFFSETS["GG"]
+
+    def gg(train: Callable[[], ImageSet], test: ImageSet, gen: ImageSet) -> Callable[[], dict[str, Any]]:
+        return lambda: compute_gg(bank, args.gg_extractor, train(), test, gen, gg_seed)
+
+    # The reference's order: GG, KID, LPIPS; each metric with its own seeded stream.
+    results = {
+        "GG": run_metric("GG", gg(refs.require_train, refs.gg_test, gen_set), logger),
+        "KID": run_metric("KID", lambda: compute_kid(bank, refs.real, gen_set, kid_seed), logger),
+        "LPIPS": run_metric(
+            "LPIPS", lambda: compute_lpips(args, bank.device, gen_set, args.seed + SEED_OFFSETS["LPIPS"]), logger
+        ),
+    }
+    recon = refs.recon_val
+    if recon is not None:
+        results["KID_recon"] = run_metric(
+            "KID vs reconstructions", lambda: compute_kid(bank, recon, gen_set, kid_seed), logger
+        )
+        results["GG_recon"] = run_metric(
+            "GG vs reconstructions", gg(lambda: refs.recon_train(args, bank.device), recon, gen_set), logger
+        )
+        results["KID_floor"] = run_metric(
+            "KID of the reconstructions", lambda: compute_kid(bank, refs.real, recon, kid_seed), logger
+        )
+        results["GG_floor"] = run_metric(
+            "GG of the reconstructions", gg(refs.require_train, refs.gg_test, recon), logger
+        )
+    return results
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     logger = create_logger("evaluate")
     set_tf32(args.tf32)
     device = pick_device(args.device_list, logger)
     seed_everything(args.seed)
-    out_path = Path(args.out) if args.out else Path(args.gen) / f"metrics_{args.fold}.json"
+    if args.gen is None and not args.reference_only:
+        raise UserError("--gen is required (the sample folder to evaluate), except with --reference-only")
+    if args.reference_only and args.no_cache:
+        raise UserError("--reference-only computes features to cache them: it cannot run with --no-cache")
+    if args.reference_only and not (args.cache_dir or args.gen):
+        raise UserError("--reference-only needs --cache-dir: where the features are kept")
     cache_dir = None if args.no_cache else Path(args.cache_dir or Path(args.gen) / ".feature_cache")
 
-    # Image sets: the generated CSV's files, the real split they copy (RetinaMNIST: test), the real train split.
-    # KID's real images are centre-cropped to --image-size; GG's are whole, the extractor resizes them
-    # (docs/REFERENCE.md §9.1, §9.3), unless --gg-real-crop.
-    kind = dataset_kind(args.real, args.dataset, logger)
-    real_split = "test" if kind == "retinamnist" else "val"
+    # Image sets: the real references, then the generated CSV's files.
+    refs = reference_sets(args, device, logger)
+    bank = FeatureBank(args, device, cache_dir)
+    if args.reference_only:
+        summary = cache_references(args, bank, refs, logger)
+        if args.out:
+            atomic_write_text(Path(args.out), json.dumps(summary, indent=2) + "\n")
+        return summary
+    out_path = Path(args.out) if args.out else Path(args.gen) / f"metrics_{args.fold}.json"
     gen_set = generated_image_set(args.gen, args.fold)
-    real_set = real_image_set(args.real, kind, real_split, args.fold, args.image_size)
-    gg_crop = args.image_size if args.gg_real_crop else None
-    gg_test_set = real_set if args.gg_real_crop else real_image_set(args.real, kind, real_split, args.fold, None)
-    try:
-        train_set, train_error = real_image_set(args.real, kind, "train", args.fold, gg_crop), ""
-    except FileNotFoundError as err:
-        train_set, train_error = None, f"GG needs the real training split: {err}"
     counts = {
         "generated": len(gen_set),
-        f"real_{real_split}": len(real_set),
-        "real_train": 0 if train_set is None else len(train_set),
+        f"real_{refs.split}": len(refs.real),
+        "real_train": 0 if refs.train is None else len(refs.train),
     }
-    logger.info(f"dataset {kind}, images: {counts}")
-
-    # Metrics in the reference's order: GG, KID, LPIPS; each with its own seeded stream.
-    bank = FeatureBank(args, device, cache_dir)
-
-    def gg() -> dict[str, Any]:
-        if train_set is None:
-            raise MetricUnavailable(train_error)
-        return compute_gg(bank, args.gg_extractor, train_set, gg_test_set, gen_set, args.seed + SEED_OFFSETS["GG"])
-
-    kid_seed, gg_seed = args.seed + SEED_OFFSETS["KID"], args.seed + SEED_OFFSETS["GG"]
-    results = {
-        "GG": run_metric("GG", gg, logger),
-        "KID": run_metric("KID", lambda: compute_kid(bank, real_set, gen_set, kid_seed), logger),
-        "LPIPS": run_metric(
-            "LPIPS", lambda: compute_lpips(args, device, gen_set, args.seed + SEED_OFFSETS["LPIPS"]), logger
-        ),
-    }
-    recon_folder = None
-    if args.recon_vae is not None:
-        # The same metrics against the VAE's reconstructions of the real images (the decoder's loss on both sides),
-        # and the reconstructions against the real images: the floor every latent model of this VAE shares.
-        recon_root = Path(args.recon_dir) if args.recon_dir else Path(args.gen).resolve().parent / "reconstructions"
-        val_labels = None if kind == "retinamnist" else read_fold_csv(fold_csv_path(args.real, real_split, args.fold))
-        recon_val = reconstruction_set(
-            real_set,
-            args.recon_vae,
-            recon_root,
-            device,
-            args.batch_size,
-            labels=None if val_labels is None else val_labels.drop(columns=["filename"]),
-            csv_name=f"val_syn_{args.fold}.csv",
-        )
-        recon_folder = str(Path(recon_val.keys[0]).parent)
-        logger.info(f"VAE reconstructions of the real {real_split} images: {recon_folder}")
-
-        def recon_train() -> ImageSet:
-            if train_set is None:
-                raise MetricUnavailable(train_error)
-            crop = (
-                train_set if args.gg_real_crop else real_image_set(args.real, kind, "train", args.fold, args.image_size)
-            )
-            return reconstruction_set(crop, args.recon_vae, recon_root, device, args.batch_size)
-
-        def gg_floor() -> dict[str, Any]:
-            if train_set is None:
-                raise MetricUnavailable(train_error)
-            return compute_gg(bank, args.gg_extractor, train_set, gg_test_set, recon_val, gg_seed)
-
-        results["KID_recon"] = run_metric(
-            "KID vs reconstructions", lambda: compute_kid(bank, recon_val, gen_set, kid_seed), logger
-        )
-        results["GG_recon"] = run_metric(
-            "GG vs reconstructions",
-            lambda: compute_gg(bank, args.gg_extractor, recon_train(), recon_val, gen_set, gg_seed),
-            logger,
-        )
-        results["KID_floor"] = run_metric(
-            "KID of the reconstructions", lambda: compute_kid(bank, real_set, recon_val, kid_seed), logger
-        )
-        results["GG_floor"] = run_metric("GG of the reconstructions", gg_floor, logger)
+    logger.info(f"dataset {refs.kind}, images: {counts}")
+    results = compare(args, bank, refs, gen_set, logger)
+    recon_folder = None if refs.recon_val is None else str(Path(refs.recon_val.keys[0]).parent)
+    kind = refs.kind
 
     # Report: console table, JSON file, optional wandb.
     print(format_table(results))
@@ -426,7 +495,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="KID, LPIPS diversity and FLD generalization gap of a sample folder.")
     parser.add_argument("--real", type=str, required=True, help="real dataset root (holds val_{fold}.csv)")
-    parser.add_argument("--gen", type=str, required=True, help="sample folder (holds val_syn_{fold}.csv)")
+    parser.add_argument(
+        "--gen",
+        type=str,
+        default=None,
+        help="sample folder (holds val_syn_{fold}.csv); required but with --reference-only",
+    )
+    parser.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="only compute and cache the features of the real images (and of --recon-vae's reconstructions) in "
+        "--cache-dir, for the evaluations that follow",
+    )
     parser.add_argument(
         "--device_list",
         type=str,
@@ -494,7 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--num-workers", type=int, default=4, help="image-decoding workers")
-    parser.add_argument("--out", type=str, default=None, help="metrics JSON (default: {gen}/metrics_{fold}.json)")
+    parser.add_argument(
+        "--out",
+        type=str,
+        default=None,
+        help="metrics JSON (default: {gen}/metrics_{fold}.json); with --reference-only, a summary of the cached sets",
+    )
     parser.add_argument("--cache-dir", type=str, default=None, help="feature cache (default: {gen}/.feature_cache)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
     parser.add_argument(

@@ -353,6 +353,44 @@ def _sample_aug_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage
     )
 
 
+def _reference_stage(p: Profile, lay: Layout, device: str, recon: bool) -> Stage:
+    """evaluate.py --reference-only: the real images' features (while the VAE trains), then those of the VAE's
+    reconstructions (once it has), cached for every evaluate stage (otherwise the first two, running side by side,
+    would both compute them)."""
+    name = "reference-recon" if recon else "reference-features"
+    what = "the domain VAE's reconstructions of the real images" if recon else "the real validation and training images"
+    return Stage(
+        name=name,
+        description=f"Inception features of {what}, cached for the evaluate stages",
+        command=(
+            "python",
+            "evaluate.py",
+            "--real",
+            lay.shown(lay.data),
+            "--fold",
+            str(FOLD),
+            "--image-size",
+            str(p.image_size),
+            "--dataset",
+            "oct",
+            "--gg_extractor",
+            "inception",
+            "--device_list",
+            device,
+            "--num-workers",
+            "0",
+            "--cache-dir",
+            lay.shown(lay.feature_cache),
+            "--reference-only",
+            "--out",
+            lay.shown(lay.feature_cache / f"{name}.json"),
+            *(("--recon-vae", lay.shown(lay.vae), "--recon-dir", lay.shown(lay.reconstructions)) if recon else ()),
+        ),  # fmt: skip
+        deps=("data", "train-vae", "reference-features") if recon else ("data",),
+        outputs=(lay.feature_cache / f"{name}.json",),
+    )
+
+
 def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
     folder = lay.sample_folder(v, p)
     return Stage(
@@ -387,7 +425,7 @@ def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
             "--recon-dir",
             lay.shown(lay.reconstructions),
         ),  # fmt: skip
-        deps=("data", "train-vae", f"sample-val-{v.tag}"),
+        deps=("data", "reference-recon", f"sample-val-{v.tag}"),
         outputs=(folder / f"metrics_{FOLD}.json",),
     )
 
@@ -451,7 +489,7 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
             "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
         ),
         command=_classify_command(p, lay, device, conditions),
-        deps=("classify-real", *(s.name for s in parts), f"evaluate-{VARIANTS[0].tag}"),
+        deps=("classify-real", *(s.name for s in parts), "reference-recon"),
         outputs=(lay.classify / "results.json", lay.classify / "results.md"),
         resumable=True,
     )
@@ -470,9 +508,11 @@ def build_stages(p: Profile, lay: Layout, device: str) -> list[Stage]:
         The stages; each one's deps name earlier stages.
     """
     classify_real, classify_parts, classify_all = _classify_stages(p, lay, device)
-    stages = [_data_stage(p, lay), _vae_stage(p, lay), classify_real, _extract_stage(p, lay)]
+    stages = [_data_stage(p, lay), _vae_stage(p, lay), classify_real, _reference_stage(p, lay, device, recon=False)]
+    stages.append(_extract_stage(p, lay))
     # GeCA trains longest: it goes first, the baselines fill the other slot.
     stages += [_train_stage(m, p, lay) for m in sorted(DEMO_MODELS, key=lambda m: m != ABLATION_MODEL)]
+    stages.append(_reference_stage(p, lay, device, recon=True))
     parts = dict(zip(STUDIED, classify_parts))
     for v in sorted(VARIANTS, key=lambda v: v.model == ABLATION_MODEL):
         stages.append(_sample_val_stage(v, p, lay, device))

@@ -281,7 +281,22 @@ def test_reconstruction_referenced_metrics_equal_an_independent_computation(phan
     make_sample_folder(phantom_root, gen, distort=True)
     cache = tmp_path / "cache"
     argv = ["--image-size", "64", "--gg_extractor", "inception", "--recon-vae", str(vae_dir), "--cache-dir", str(cache)]
-    report = run(phantom_root, gen, *argv[2:], *argv[:2])
+    # --reference-only fills the cache with every real and reconstructed set, so the evaluation after it extracts
+    # the generated images' features alone (one batch of 8).
+    common = [
+        "--real",
+        str(phantom_root),
+        "--device_list",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--recon-dir",
+        str(tmp_path / "r"),
+    ]
+    evaluate.main(evaluate.build_parser().parse_args([*common, *argv, "--reference-only"]))
+    calls = stand_in.calls
+    report = run(phantom_root, gen, *argv[2:], *argv[:2], "--recon-dir", str(tmp_path / "r"))
+    assert stand_in.calls == calls + 1
     metrics = report["metrics"]
 
     vae = tiny_vae(seed=3)
@@ -317,5 +332,5 @@ def test_reconstruction_referenced_metrics_equal_an_independent_computation(phan
     ).abs().max() <= 1  # [-1, 1] by x / 127.5 - 1 here, by ToTensor + Normalize there
     # A second evaluation reuses the folder (same files, same times).
     mtime = (folder / "000000.png").stat().st_mtime_ns
-    run(phantom_root, gen, *argv[2:], *argv[:2])
+    run(phantom_root, gen, *argv[2:], *argv[:2], "--recon-dir", str(tmp_path / "r"))
     assert (folder / "000000.png").stat().st_mtime_ns == mtime
