@@ -478,8 +478,9 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
     for v in STUDIED:
         folder = lay.shown(lay.sample_folder(v, p))
         conditions += [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
-    # The ceiling of every latent model: the baseline classifiers read the domain VAE's reconstructions of the real
-    # validation images (written by the evaluate stages).
+    # Scored only: the validation copies without an augmentation set (GeCA without GHG), and the ceiling of every
+    # latent model, the domain VAE's reconstructions of the real validation images (written by reference-recon).
+    conditions += [f"gan-test:{v.tag}={lay.shown(lay.sample_folder(v, p))}" for v in VARIANTS if v not in STUDIED]
     conditions.append(f"gan-test:{RECON_SET}={lay.shown(lay.recon_val)}")
     whole = Stage(
         name="classify",
@@ -489,7 +490,12 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
             "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
         ),
         command=_classify_command(p, lay, device, conditions),
-        deps=("classify-real", *(s.name for s in parts), "reference-recon"),
+        deps=(
+            "classify-real",
+            *(s.name for s in parts),
+            "reference-recon",
+            *(f"sample-val-{v.tag}" for v in VARIANTS if v not in STUDIED),
+        ),
         outputs=(lay.classify / "results.json", lay.classify / "results.md"),
         resumable=True,
     )

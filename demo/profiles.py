@@ -36,13 +36,15 @@ class Profile:
         batch_size: training batch of the denoisers.
         epochs: training epochs of GeCA-T (the cellular model).
         baseline_epochs: training epochs of the baselines LDM-T and DiT-T/2. Each denoiser trains until its samples
-            settle and show their labels (docs/DEMO.md): GeCA-T does at about 2000 steps; the baselines need about
-            4000, which they run in a fraction of GeCA's time, so they get them (a budget that favours the baselines).
+            settle and show their labels (docs/DEMO.md): GeCA-T's GHG samples settle at about 2000 steps and its
+            label fidelity levels off by 2500; the baselines need about 4000, which they run in a fraction of GeCA's
+            time, so they get them.
         validate_every: epochs between validations of GeCA-T (KID of `val_samples` images, best_ckpt.pt
             selection); chosen so the last epoch is validated.
         baseline_validate_every: the same for the baselines.
-        val_samples: images per validation: the whole validation split (120 images in the full profile), so that
-            each KID's standard error is a third of what 16 images give (docs/DEMO.md, "Checkpoint choice").
+        val_samples: images per validation, at most the whole validation split (118 images in the full profile),
+            so that each KID's standard error is small against the differences the choice acts on (docs/DEMO.md,
+            "Checkpoint choice").
         best_rule: train.py's --best-rule: `within-noise` keeps the latest validation whose KID the noise cannot
             tell from the lowest (the reference's `lowest` chose a noisy early checkpoint, docs/DEMO.md).
         lr: AdamW learning rate of the denoisers (the reference's 1e-4 needs far more steps than a demo has).
@@ -107,9 +109,9 @@ FULL = Profile(
     vae_steps=700,
     vae_batch=16,
     batch_size=16,
-    epochs=91,
+    epochs=115,
     baseline_epochs=181,
-    validate_every=45,
+    validate_every=57,
     baseline_validate_every=90,
     val_samples=120,
     best_rule="within-noise",

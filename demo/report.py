@@ -278,12 +278,13 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
             "",
             f"The training latents come from `extract_features.py` under `torchrun --nproc_per_node 2` (stage "
             f"`extract`). Each denoiser is trained by `train.py` (stages `train-*`) on them until its samples settle: "
-            f"GeCA-T {p.epochs} epochs, the baselines {p.baseline_epochs} epochs (they need about twice GeCA's "
-            "steps to show their labels and run them in a fraction of its time, docs/DEMO.md), each with "
+            f"GeCA-T {p.epochs} epochs, the baselines {p.baseline_epochs} epochs (they need more steps than GeCA "
+            "to show their labels and run them in a fraction of its time, docs/DEMO.md), each with "
             f"batch {p.batch_size}, learning rate {p.lr} and EMA decay {p.ema_decay} (the "
             "reference's 1e-4 and 0.9999 need far more steps than a demo can afford). Every "
-            f"{p.validate_every} epochs it samples {p.val_samples} images from the EMA weights for real validation "
-            f"labels ({p.sampling_steps} DDPM steps, CFG {p.cfg_scale}, GHG for GeCA), decodes them with the domain "
+            f"{p.validate_every} epochs (GeCA-T; the baselines every {p.baseline_validate_every}) it samples one image "
+            f"per real validation label vector (up to {p.val_samples}: the whole split) from the EMA weights "
+            f"({p.sampling_steps} DDPM steps, CFG {p.cfg_scale}, GHG for GeCA), decodes them with the domain "
             "VAE and measures KID against the same real validation images, with its standard error over the "
             f"generated images (±). `best_ckpt.pt`, which the later stages sample, is chosen by `--best-rule "
             f"{p.best_rule}`: "
@@ -608,7 +609,7 @@ def checks_section(lay: Layout, stats: dict[str, dict[str, float]], quick: bool 
     fidelity = {row["name"]: row for row in results.get("label_fidelity", {}).get("summary", [])}
     real_sat = stats.get("real (validation)", {}).get("saturated")
     for v in VARIANTS:
-        if v in STUDIED:
+        if v in STUDIED or v.tag in fidelity:
             auc = _macro_auc((fidelity.get(v.tag) or {}).get("gan_test"))
             check(
                 f"{v.label}: label fidelity (GAN-test macro AUC of the validation copy)",

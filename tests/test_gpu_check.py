@@ -108,7 +108,9 @@ def test_sampling_stage_wrote_one_batch_per_model(dry):
         assert m["status"] == "ok" and m["batch"] == 2
         assert m["denoise"]["seconds"] > 0 and m["end_to_end"]["seconds"] > 0
         # sample_ddp.py really wrote the batch: two PNGs and the annotation CSV with two rows.
-        (folder,) = (dry["work"] / "sample" / "samples" / f"{key.replace('/', '-')}-2").iterdir()
+        (folder,) = [
+            p for p in (dry["work"] / "sample" / "samples" / f"{key.replace('/', '-')}-2").iterdir() if p.is_dir()
+        ]
         assert len(list((folder / "gen_samples").glob("*.png"))) == 2
         with open(folder / "train_syn_0.csv", newline="") as f:
             assert len(list(csv.DictReader(f))) == 2
