@@ -327,24 +327,6 @@ def best_checkpoint_cell(exp: Path) -> str:
     return f"step {record['step']}: {record['reason']}"
 
 
-def vae_reconstructions(lay: Layout, images: list[Path], size: int) -> np.ndarray:
-    """(N, size, size, 3) uint8 reconstructions (posterior mean) of `images` by the demo's VAE."""
-    import torch
-
-    from data.transforms import center_crop_arr, to_uint8
-    from data.vae import load_vae
-
-    vae = load_vae(str(lay.vae))
-    arrays = []
-    for path in images:
-        with Image.open(path) as img:
-            arrays.append(np.asarray(center_crop_arr(img.convert("RGB"), size)))
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample
-    return to_uint8(recon).permute(0, 2, 3, 1).numpy()
-
-
 def panels(grids: list[tuple[str, np.ndarray]], path: Path) -> None:
     """Image grids side by side, each with its title."""
     height, width = grids[0][1].shape[:2]
@@ -710,11 +692,12 @@ def main(args: argparse.Namespace) -> Path:
             stamps[stage.name] = json.loads(path.read_text())
     lay.assets.mkdir(parents=True, exist_ok=True)
     params = parameter_counts(models, p.image_size)
-    # The VAE's reconstructions of every real validation image: their statistics and the first ones' grid.
+    # The VAE's reconstructions of every real validation image, as evaluate.py --recon-vae wrote them (stage
+    # reference-recon): their statistics and the first ones' grid.
     recon = None
-    if (lay.vae / "config.json").is_file():
-        val = read_fold_csv(lay.data / f"val_{FOLD}.csv")
-        recon = vae_reconstructions(lay, [lay.data / name for name in val["filename"]], p.image_size)
+    recon_csv = lay.recon_val / f"val_syn_{FOLD}.csv"
+    if recon_csv.is_file():
+        recon = load_images([lay.recon_val / name for name in read_fold_csv(recon_csv)["filename"]])
     stats = sample_stats(lay, p, recon)
     head = [
         f"# GeCA demo report ({p.name} profile)",
