@@ -1,4 +1,4 @@
-"""The sizes of the demo: `full` (`make demo`, about 25 minutes on 2 CPU cores) and `quick` (`make demo QUICK=1`).
+"""The sizes of the demo: `full` (`make demo`, about 23 minutes on 2 CPU cores) and `quick` (`make demo QUICK=1`).
 
 Both run the paper's latent pipeline (images -> VAE latents -> denoiser -> decode, docs/DECISIONS.md §C7) on 64 px
 phantom B-scans with a domain VAE trained by `train_vae.py` (downsampling 8, so 8x8x4 latents) and the tiny registry
