@@ -353,6 +353,20 @@ def _sample_aug_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage
     )
 
 
+def _evaluate_command(p: Profile, lay: Layout, device: str, *extra: str) -> tuple[str, ...]:
+    """evaluate.py on the demo's real data with Inception features for KID and GG and the shared feature cache."""
+    return (
+        "python", "evaluate.py", "--real", lay.shown(lay.data), "--fold", str(FOLD), "--image-size", str(p.image_size),
+        "--dataset", "oct", "--gg_extractor", "inception", "--device_list", device, "--num-workers", "0",
+        "--cache-dir", lay.shown(lay.feature_cache), *extra,
+    )  # fmt: skip
+
+
+def _recon_args(lay: Layout) -> tuple[str, ...]:
+    """The domain VAE whose reconstructions evaluate.py also compares with, and where they are written."""
+    return ("--recon-vae", lay.shown(lay.vae), "--recon-dir", lay.shown(lay.reconstructions))
+
+
 def _reference_stage(p: Profile, lay: Layout, device: str, recon: bool) -> Stage:
     """evaluate.py --reference-only: the real images' features (while the VAE trains), then those of the VAE's
     reconstructions (once it has), cached for every evaluate stage (otherwise the first two, running side by side,
@@ -362,30 +376,15 @@ def _reference_stage(p: Profile, lay: Layout, device: str, recon: bool) -> Stage
     return Stage(
         name=name,
         description=f"Inception features of {what}, cached for the evaluate stages",
-        command=(
-            "python",
-            "evaluate.py",
-            "--real",
-            lay.shown(lay.data),
-            "--fold",
-            str(FOLD),
-            "--image-size",
-            str(p.image_size),
-            "--dataset",
-            "oct",
-            "--gg_extractor",
-            "inception",
-            "--device_list",
+        command=_evaluate_command(
+            p,
+            lay,
             device,
-            "--num-workers",
-            "0",
-            "--cache-dir",
-            lay.shown(lay.feature_cache),
             "--reference-only",
             "--out",
             lay.shown(lay.feature_cache / f"{name}.json"),
-            *(("--recon-vae", lay.shown(lay.vae), "--recon-dir", lay.shown(lay.reconstructions)) if recon else ()),
-        ),  # fmt: skip
+            *(_recon_args(lay) if recon else ()),
+        ),
         deps=("data", "train-vae", "reference-features") if recon else ("data",),
         outputs=(lay.feature_cache / f"{name}.json",),
     )
@@ -399,32 +398,7 @@ def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
             f"KID and GG (Inception features) and LPIPS (when its AlexNet weights are present) of {v.label}'s "
             "validation copy against the real validation images and against their domain-VAE reconstructions"
         ),
-        command=(
-            "python",
-            "evaluate.py",
-            "--real",
-            lay.shown(lay.data),
-            "--gen",
-            lay.shown(folder),
-            "--fold",
-            str(FOLD),
-            "--image-size",
-            str(p.image_size),
-            "--dataset",
-            "oct",
-            "--gg_extractor",
-            "inception",
-            "--device_list",
-            device,
-            "--num-workers",
-            "0",
-            "--cache-dir",
-            lay.shown(lay.feature_cache),
-            "--recon-vae",
-            lay.shown(lay.vae),
-            "--recon-dir",
-            lay.shown(lay.reconstructions),
-        ),  # fmt: skip
+        command=_evaluate_command(p, lay, device, "--gen", lay.shown(folder), *_recon_args(lay)),
         deps=("data", "reference-recon", f"sample-val-{v.tag}"),
         outputs=(folder / f"metrics_{FOLD}.json",),
     )
