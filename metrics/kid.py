@@ -135,8 +135,6 @@ def kid_standard_error(
     if n < 3:
         raise ValueError(f"the KID standard error needs at least 3 generated images, got {n}")
     real, fake = real_feats.double(), fake_feats.double()
-    if gamma is None:
-        gamma = 1.0 / real.shape[1]
     k_yy = polynomial_kernel(fake, fake, degree, gamma, coef)
     k_xy = polynomial_kernel(real, fake, degree, gamma, coef)
     # Leaving out generated image l removes its row and column of k_yy and its column of k_xy; the real-real term

@@ -666,9 +666,11 @@ def test_truncate_metrics_drops_later_rows_a_torn_line_and_a_redone_validation(t
 
 
 def test_metrics_of_a_run_resumed_across_a_new_column_keep_their_rows(tmp_path):
-    """A metrics.csv written before kid_se existed gets the current header when the next row is appended."""
+    """A metrics.csv written before kid_se existed gets the current header when a resumed run truncates it, and the
+    next row lands in the right column."""
     path = tmp_path / "metrics.csv"
     path.write_text("step,epoch,loss,steps_per_sec,images_per_sec,kid_mean,kid_std\n2,0,,,,0.1,0.01\n")
+    truncate_metrics(path, 2)
     append_metrics(path, {"step": 4, "epoch": 1, "kid_mean": "0.05", "kid_std": "0.02", "kid_se": "0.004"})
     rows = list(csv.DictReader(path.read_text().splitlines()))
     assert tuple(rows[0]) == METRIC_FIELDS

@@ -7,7 +7,6 @@ keeps its records, which `open_experiment` replays into log.txt once the folder 
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import logging.handlers
 from pathlib import Path
@@ -74,20 +73,9 @@ def open_experiment(
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    """Append one row to metrics.csv (header written on first use; a file with an older header, from a run resumed
-    across an update that added a column, is rewritten with the current one first)."""
+    """Append one row to metrics.csv (header written on first use). A resumed run's file was rewritten with the
+    current header by `truncate_metrics`, also when it was written before a column was added."""
     new = not path.exists()
-    if not new:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), None)
-        if header is not None and tuple(header) != METRIC_FIELDS:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, lineterminator="\r\n")
-            writer.writeheader()
-            writer.writerows({k: r.get(k) or "" for k in METRIC_FIELDS} for r in rows)
-            atomic_write_text(path, text.getvalue())
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         if new:
