@@ -1,5 +1,6 @@
-# Entry points: `make test` (the whole suite), `make demo` (the study on the embedded phantom data),
-# `make bench` (performance table), `make mutants` (does the suite notice broken code?), `make lint`.
+# Entry points: `make test` (the whole suite), `make demo` (the pipeline on the embedded phantom data), `make study`
+# (the paper's tables over folds and seeds), `make bench` (performance table), `make mutants` (does the suite
+# notice broken code?), `make lint`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ QUICK ?= 0
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
-.PHONY: setup test lint demo bench gpu-check mutants clean
+.PHONY: setup test lint demo study bench gpu-check mutants clean
 
 setup: $(STAMP)
 
@@ -27,6 +28,13 @@ test: $(STAMP)
 # QUICK=1: the smallest sizes (minutes); THREADS=N: torch CPU threads of every stage. Re-running continues.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m demo --out demo_out $(if $(filter 1,$(QUICK)),--quick,) $(if $(THREADS),--threads $(THREADS),)
+
+# The paper's two tables over OCT folds x classifier seeds and the fundus phantoms (docs/STUDY.md); FOLDS=K (1-5),
+# SEEDS=S, EXPAND=5 for the paper's 5x augmentation sets, QUICK=1 and THREADS=N as for the demo. Re-running continues.
+study: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m demo --study --out study_out $(if $(filter 1,$(QUICK)),--quick,) \
+		$(if $(THREADS),--threads $(THREADS),) $(if $(FOLDS),--folds $(FOLDS),) $(if $(SEEDS),--seeds $(SEEDS),) \
+		$(if $(EXPAND),--expand-ratio $(EXPAND),)
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -2,6 +2,7 @@
 
     python -m demo --out demo_out            # full demo, about 21 minutes on 2 CPU cores
     python -m demo --out demo_out --quick    # the same stages at the smallest sizes, a few minutes
+    python -m demo --study --out study_out   # the study: OCT folds x classifier seeds and fundus (demo/study.py)
 
 Runs the real entry scripts stage by stage (phantom data, a domain VAE, latents under torchrun, training of GeCA-T /
 DiT-T/2 / LDM-T on them, validation copy and augmentation set of each, GeCA also without Gene Heredity Guidance,
@@ -17,13 +18,15 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from demo.plan import Layout, build_stages
 from demo.profiles import DEMO_MODELS, FOLD, PROFILES
 from demo.runner import Runner, StageFailed, format_seconds, log_tail
+from demo.study import MAX_FOLDS, StudyPlan, build_study_stages
 from infra.atomic_io import atomic_write_text
-from infra.errors import run_main
+from infra.errors import UserError, run_main
 
 
 def default_device() -> str:
@@ -38,11 +41,31 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+def study_plan(args: argparse.Namespace, device: str) -> StudyPlan:
+    """The study's plan from the flags (--folds, --seeds, --expand-ratio), checked."""
+    if not 1 <= args.folds <= MAX_FOLDS:
+        raise UserError(f"--folds must be between 1 and {MAX_FOLDS}, got {args.folds}")
+    if args.seeds < 1 or args.expand_ratio < 1:
+        raise UserError("--seeds and --expand-ratio must be at least 1")
+    profile = PROFILES["study-quick" if args.quick else "study"]
+    profile = replace(profile, cls_seeds=tuple(range(args.seeds)), expand_ratio=args.expand_ratio)
+    return StudyPlan(profile, Path(args.out).resolve(), args.folds, device)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run (or continue) the demo; returns the process exit status."""
-    profile = PROFILES["quick" if args.quick else "full"]
-    layout = Layout(Path(args.out).resolve())
+    """Run (or continue) the demo or the study; returns the process exit status."""
     device = args.device or default_device()
+    if args.study:
+        plan = study_plan(args, device)
+        profile, out, report, config_path = plan.profile, plan.out, plan.report, plan.config
+        stages = build_study_stages(plan)
+        what = f"GeCA study ({profile.name} profile, {plan.folds} OCT fold(s) x {len(profile.cls_seeds)} seed(s))"
+    else:
+        profile = PROFILES["quick" if args.quick else "full"]
+        layout = Layout(Path(args.out).resolve())
+        out, report, config_path = layout.out, layout.report, layout.config
+        stages = build_stages(profile, layout, device)
+        what = f"GeCA demo ({profile.name} profile)"
     jobs = args.jobs if args.jobs is not None else default_jobs()
     threads = args.threads or (1 if jobs > 1 else None)
     env = {}
@@ -62,12 +85,13 @@ def main(args: argparse.Namespace) -> int:
         "jobs": jobs,
         "cpu_count": os.cpu_count(),
     }
-    atomic_write_text(layout.config, json.dumps(config, indent=1) + "\n")
+    if args.study:
+        config["study_folds"] = args.folds
+    atomic_write_text(config_path, json.dumps(config, indent=1) + "\n")
 
-    stages = build_stages(profile, layout, device)
-    runner = Runner(layout.out, env, fresh=args.fresh)
+    runner = Runner(out, env, fresh=args.fresh)
     runner.say(
-        f"GeCA demo ({profile.name} profile): {len(stages)} stages into {layout.out}, device {device}, "
+        f"{what}: {len(stages)} stages into {out}, device {device}, "
         f"torch threads {config['threads']}, {jobs} stage(s) at a time"
     )
     start = time.time()
@@ -91,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     total = sum(r["seconds"] for r in records)
     runner.say(f"  {'sum of stage times':<{width}}  {format_seconds(total):>12}")
     runner.say(f"  {'wall time of this run':<{width}}  {format_seconds(time.time() - start):>12}")
-    runner.say(f"Report: {layout.report}")
+    runner.say(f"Report: {report}")
     return 0
 
 
@@ -113,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", type=str, default=None, help="device of sampling, metrics, classification")
     p.add_argument("--fresh", action="store_true", help="ignore the stamps of an earlier run and redo every stage")
+    p.add_argument(
+        "--study",
+        action="store_true",
+        help="the study instead of the demo: OCT folds x classifier seeds and the fundus phantoms (docs/STUDY.md)",
+    )
+    p.add_argument("--folds", type=int, default=3, help=f"--study: OCT folds run, 1 to {MAX_FOLDS} (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="--study: classifier seeds per fold (default 3)")
+    p.add_argument(
+        "--expand-ratio", type=int, default=1, help="--study: synthetic images per training label (the paper: 5)"
+    )
     return p
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.labels import RETINAMNIST_LABELS
 from demo.profiles import DEMO_MODELS, FOLD, NUM_CLASSES, Profile
 from demo.runner import REPO_ROOT, Stage
 from infra.naming import model_tag, sample_folder_name
@@ -60,11 +61,48 @@ RECON_SET = "VAE-reconstruction"
 STUDIED: tuple[Variant, ...] = tuple(v for v in VARIANTS if v.ghg)
 
 
+# Per phantom kind: the product's --dataset value and the number of label columns.
+DATASET_FLAG = {"oct": "oct", "fundus": "retinamnist"}
+NUM_CLASSES_OF = {"oct": NUM_CLASSES, "fundus": len(RETINAMNIST_LABELS)}
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Where each stage writes, under the demo's output folder `out` (absolute)."""
+    """Where each stage writes, under the output folder `out` (absolute).
+
+    The demo runs one OCT fold: everything lies under `out`. The study (demo/study.py) runs several folds of each
+    phantom kind: `shared` is then the kind's folder, holding what every fold uses (the phantoms, the domain VAE and
+    the corpus it learns from, the synthetic sets, whose names carry the fold, and the classification runs), while
+    `out` is the fold's own folder (latents, models, feature cache, reconstructions).
+
+    Attributes:
+        out: the fold's folder (the demo's output folder).
+        fold: the fold every stage runs.
+        kind: phantom kind, "oct" or "fundus" (RetinaMNIST layout).
+        shared: the folder of what the folds share, or None (the demo: `out`).
+        vae_corpus: the domain VAE learns from a separate phantom set in `{shared}/data/` (the study, like the
+            paper's pretrained SD-VAE, shares one VAE across folds) instead of the fold's training images.
+    """
 
     out: Path
+    fold: int = FOLD
+    kind: str = "oct"
+    shared: Path | None = None
+    vae_corpus: bool = False
+
+    @property
+    def base(self) -> Path:
+        """Where the shared outputs live."""
+        return self.out if self.shared is None else self.shared
+
+    @property
+    def dataset(self) -> str:
+        """The scripts' --dataset value."""
+        return DATASET_FLAG[self.kind]
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES_OF[self.kind]
 
     def shown(self, path: Path) -> str:
         """`path` as written in a command: relative to the repository root when inside it."""
@@ -73,12 +111,17 @@ class Layout:
 
     @property
     def data(self) -> Path:
-        return self.out / "data" / "oct_phantom"
+        return self.base / "data" / f"{self.kind}_phantom"
+
+    @property
+    def vae_data(self) -> Path:
+        """The images the domain VAE learns from (fold `FOLD`'s training split of this dataset)."""
+        return self.base / "data" / f"{self.kind}_vae_corpus" if self.vae_corpus else self.data
 
     @property
     def vae_run(self) -> Path:
         """train_vae.py's output folder (checkpoints, reconstructions, report)."""
-        return self.out / "vae_oct"
+        return self.base / f"vae_{self.kind}"
 
     @property
     def vae(self) -> Path:
@@ -91,11 +134,11 @@ class Layout:
 
     @property
     def synthetic(self) -> Path:
-        return self.out / "synthetic"
+        return self.base / "synthetic"
 
     @property
     def classify(self) -> Path:
-        return self.out / "classify"
+        return self.base / "classify"
 
     @property
     def feature_cache(self) -> Path:
@@ -108,8 +151,9 @@ class Layout:
 
     @property
     def recon_val(self) -> Path:
-        """The reconstructions of the validation split, with their val_syn CSV (scored by GAN-test)."""
-        return self.reconstructions / "real_val"
+        """The reconstructions of the split the validation copies copy (OCT: val, with their val_syn CSV, scored by
+        GAN-test; RetinaMNIST: test, PNG files named by index)."""
+        return self.reconstructions / ("real_test" if self.dataset == "retinamnist" else "real_val")
 
     @property
     def assets(self) -> Path:
@@ -129,7 +173,7 @@ class Layout:
 
     def experiment(self, model: str) -> Path:
         """train.py's experiment folder: index 000 in an empty results folder (docs/REFERENCE.md §3.2 naming)."""
-        return self.results(model) / f"000-{model_tag(model)}-{FOLD}"
+        return self.results(model) / f"000-{model_tag(model)}-{self.fold}"
 
     def checkpoint(self, model: str) -> Path:
         return self.experiment(model) / "checkpoints" / "best_ckpt.pt"
@@ -138,7 +182,7 @@ class Layout:
         """The folder both sampling scripts write for one synthetic set (docs/REFERENCE.md §3.3 name)."""
         name = sample_folder_name(
             variant.model,
-            FOLD,
+            self.fold,
             profile.sampling_steps,
             self.checkpoint(variant.model),
             profile.image_size,
@@ -151,21 +195,30 @@ class Layout:
         return self.synthetic / name
 
 
-def _data_stage(p: Profile, lay: Layout) -> Stage:
+# Seed of the phantom set the study's domain VAE learns from (the study's images use seed 0).
+VAE_CORPUS_SEED = 1
+
+
+def _data_stage(p: Profile, lay: Layout, corpus: bool = False) -> Stage:
+    """The phantoms every fold uses, or with `corpus` the separate set the study's domain VAE learns from."""
+    root = lay.vae_data if corpus else lay.data
+    what = "phantom OCT B-scans" if lay.kind == "oct" else "phantom fundus photographs (RetinaMNIST layout)"
+    npz = ("--retinamnist-npz",) if lay.kind == "fundus" else ()
     return Stage(
-        name="data",
+        name="vae-data" if corpus else "data",
         description=(
-            f"draw {p.num_images} phantom OCT B-scans ({p.image_size} px, 11 labels) with {p.folds} patient-wise "
+            f"draw {p.num_images} {what} ({p.image_size} px, {lay.num_classes} labels) with {p.folds} patient-wise "
             f"folds and a {p.test_frac:.0%} test split"
+            + (f", seed {VAE_CORPUS_SEED}: the domain VAE's own training images" if corpus else "")
         ),
         command=(
             "python",
             "-m",
             "data.phantoms",
             "--kind",
-            "oct",
+            lay.kind,
             "--out",
-            lay.shown(lay.data),
+            lay.shown(root),
             "--num-images",
             str(p.num_images),
             "--folds",
@@ -173,29 +226,31 @@ def _data_stage(p: Profile, lay: Layout) -> Stage:
             "--size",
             str(p.image_size),
             "--seed",
-            "0",
+            str(VAE_CORPUS_SEED if corpus else 0),
             "--test-frac",
             str(p.test_frac),
+            *npz,
         ),  # fmt: skip
-        outputs=tuple(lay.data / f"{split}_{FOLD}.csv" for split in ("train", "val", "test")),
-        clears=(lay.data,),
+        outputs=tuple(root / f"{split}_{FOLD}.csv" for split in ("train", "val", "test")),
+        clears=(root,),
     )
 
 
 def _vae_stage(p: Profile, lay: Layout) -> Stage:
+    source = "a separate phantom set's" if lay.vae_corpus else f"fold {FOLD}'s"
     return Stage(
         name="train-vae",
         description=(
-            f"train the domain VAE (AutoencoderKL, downsampling 8, 4 latent channels) on fold {FOLD}'s training "
+            f"train the domain VAE (AutoencoderKL, downsampling 8, 4 latent channels) on {source} training "
             f"images for {p.vae_steps} steps of batch {p.vae_batch}; scaling factor from its latents, PSNR on val"
         ),
         command=(
             "python",
             "train_vae.py",
             "--data-path",
-            lay.shown(lay.data),
+            lay.shown(lay.vae_data),
             "--dataset",
-            "oct",
+            lay.dataset,
             "--fold",
             str(FOLD),
             "--image-size",
@@ -211,7 +266,7 @@ def _vae_stage(p: Profile, lay: Layout) -> Stage:
             "--num-workers",
             "0",
         ),  # fmt: skip
-        deps=("data",),
+        deps=("vae-data",) if lay.vae_corpus else ("data",),
         outputs=(lay.vae / "config.json",),
         clears=(lay.vae_run,),
     )
@@ -221,7 +276,7 @@ def _extract_stage(p: Profile, lay: Layout) -> Stage:
     return Stage(
         name="extract",
         description=(
-            f"encode fold {FOLD}'s training images into {p.image_size // 8}x{p.image_size // 8}x4 latents with the "
+            f"encode fold {lay.fold}'s training images into {p.image_size // 8}x{p.image_size // 8}x4 latents with the "
             f"domain VAE, {EXTRACT_PROCS} processes under torchrun"
         ),
         command=(
@@ -235,7 +290,7 @@ def _extract_stage(p: Profile, lay: Layout) -> Stage:
             "--data-path",
             lay.shown(lay.data),
             "--dataset",
-            "oct",
+            lay.dataset,
             "--features-path",
             lay.shown(lay.features),
             "--vae",
@@ -245,14 +300,14 @@ def _extract_stage(p: Profile, lay: Layout) -> Stage:
             "--global-batch-size",
             "32",
             "--fold",
-            str(FOLD),
+            str(lay.fold),
             "--global-seed",
             str(GLOBAL_SEED),
             "--num-workers",
             "0",
         ),  # fmt: skip
         deps=("train-vae",),
-        outputs=(lay.features / f"features_{FOLD}", lay.features / f"labels_{FOLD}"),
+        outputs=(lay.features / f"features_{lay.fold}", lay.features / f"labels_{lay.fold}"),
         clears=(lay.features,),
     )
 
@@ -263,8 +318,8 @@ def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
         "python", "train.py",
         "--model", model, "--feature-path", lay.shown(lay.features), "--vae", lay.shown(lay.vae),
         "--image-size", str(p.image_size),
-        "--data-path", lay.shown(lay.data), "--dataset", "oct", "--num-classes", str(NUM_CLASSES),
-        "--fold", str(FOLD),
+        "--data-path", lay.shown(lay.data), "--dataset", lay.dataset, "--num-classes", str(lay.num_classes),
+        "--fold", str(lay.fold),
         "--results-dir", lay.shown(lay.results(model)),
         "--global-batch-size", str(p.batch_size), "--epochs", str(p.epochs_of(model)),
         "--lr", str(p.lr), "--ema-decay", str(p.ema_decay),
@@ -290,7 +345,7 @@ def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
 def _sampling_args(v: Variant, p: Profile, lay: Layout, device: str) -> tuple[str, ...]:
     return (
         "--model", v.model, "--image-size", str(p.image_size), "--vae", lay.shown(lay.vae),
-        "--dataset", "oct", "--num-classes", str(NUM_CLASSES), "--fold", str(FOLD),
+        "--dataset", lay.dataset, "--num-classes", str(lay.num_classes), "--fold", str(lay.fold),
         "--ckpt", lay.shown(lay.checkpoint(v.model)),
         "--sample-dir", lay.shown(lay.synthetic),
         "--sampler", SAMPLER, "--num-sampling-steps", str(p.sampling_steps), "--cfg-scale", str(p.cfg_scale),
@@ -310,7 +365,7 @@ def _sample_val_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage
     return Stage(
         name=f"sample-val-{v.tag}",
         description=(
-            f"synthesise the validation copy with {v.model}{_ghg_words(v)}: one image per val_{FOLD}.csv label "
+            f"synthesise the validation copy with {v.model}{_ghg_words(v)}: one image per val_{lay.fold}.csv label "
             f"vector, {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}, decoded by the domain VAE"
         ),
         command=(
@@ -323,8 +378,8 @@ def _sample_val_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage
             "1",
         ),  # fmt: skip
         deps=("data", "train-vae", f"train-{model_tag(v.model)}"),
-        outputs=(folder / f"val_syn_{FOLD}.csv",),
-        clears=(folder / "gen_samples_val", folder / f"val_syn_{FOLD}.csv"),
+        outputs=(folder / f"val_syn_{lay.fold}.csv",),
+        clears=(folder / "gen_samples_val", folder / f"val_syn_{lay.fold}.csv"),
         resumable=True,
     )
 
@@ -347,8 +402,8 @@ def _sample_aug_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage
             str(p.expand_ratio),
         ),  # fmt: skip
         deps=("extract", "train-vae", f"train-{model_tag(v.model)}"),
-        outputs=(folder / f"train_syn_{FOLD}.csv",),
-        clears=(folder / "gen_samples", folder / f"train_syn_{FOLD}.csv"),
+        outputs=(folder / f"train_syn_{lay.fold}.csv",),
+        clears=(folder / "gen_samples", folder / f"train_syn_{lay.fold}.csv"),
         resumable=True,
     )
 
@@ -356,8 +411,9 @@ def _sample_aug_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage
 def _evaluate_command(p: Profile, lay: Layout, device: str, *extra: str) -> tuple[str, ...]:
     """evaluate.py on the demo's real data with Inception features for KID and GG and the shared feature cache."""
     return (
-        "python", "evaluate.py", "--real", lay.shown(lay.data), "--fold", str(FOLD), "--image-size", str(p.image_size),
-        "--dataset", "oct", "--gg_extractor", "inception", "--device_list", device, "--num-workers", "0",
+        "python", "evaluate.py", "--real", lay.shown(lay.data), "--fold", str(lay.fold),
+        "--image-size", str(p.image_size), "--dataset", lay.dataset, "--gg_extractor", "inception",
+        "--device_list", device, "--num-workers", "0",
         "--cache-dir", lay.shown(lay.feature_cache), *extra,
     )  # fmt: skip
 
@@ -400,13 +456,13 @@ def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
         ),
         command=_evaluate_command(p, lay, device, "--gen", lay.shown(folder), *_recon_args(lay)),
         deps=("data", "reference-recon", f"sample-val-{v.tag}"),
-        outputs=(folder / f"metrics_{FOLD}.json",),
+        outputs=(folder / f"metrics_{lay.fold}.json",),
     )
 
 
 def _classify_command(p: Profile, lay: Layout, device: str, conditions: list[str]) -> tuple[str, ...]:
     return (
-        "python", "classify.py", "--data-path", lay.shown(lay.data), "--dataset", "oct", "--folds", str(FOLD),
+        "python", "classify.py", "--data-path", lay.shown(lay.data), "--dataset", lay.dataset, "--folds", str(lay.fold),
         "--seeds", *map(str, p.cls_seeds), "--arch", "tiny", "--image-size", str(p.image_size),
         "--epochs", str(p.cls_epochs), "--batch-size", str(p.cls_batch), "--lr", str(p.cls_lr), *DEMO_AUGMENTATION,
         "--num-workers", "0", "--device", device, "--out", lay.shown(lay.classify), "--conditions", *conditions,
@@ -421,7 +477,7 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
     real = Stage(
         name="classify-real",
         description=(
-            f"downstream classifiers on real data only (fold {FOLD}): geometric augmentation (the baseline) and no "
+            f"downstream classifiers on real data only (fold {lay.fold}): geometric augmentation (the baseline) and no "
             f"augmentation; tiny CNN, {p.cls_epochs} epochs, {len(p.cls_seeds)} seeds"
         ),
         command=_classify_command(p, lay, device, ["geometric", "noaug"]),
@@ -459,8 +515,8 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
     whole = Stage(
         name="classify",
         description=(
-            f"the downstream study on fold {FOLD}: every condition (finished runs reused), paired tests against the "
-            "baseline, and label fidelity (GAN-test: the baseline classifiers score each validation copy against "
+            f"the downstream study on fold {lay.fold}: every condition (finished runs reused), paired tests against "
+            "the baseline, and label fidelity (GAN-test: the baseline classifiers score each validation copy against "
             "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
         ),
         command=_classify_command(p, lay, device, conditions),

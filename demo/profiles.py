@@ -9,7 +9,7 @@ steps before its sampling trajectory settles (docs/DEMO.md has the measured curv
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 # Tiny stand-ins of the paper's three denoisers, in the row order of its Table A (LDM-B, DiT-S, GeCA-S).
 DEMO_MODELS: tuple[str, ...] = ("LDM-T", "DiT-T/2", "GeCA-T")
@@ -26,9 +26,9 @@ class Profile:
     """Every size the demo's commands use.
 
     Attributes:
-        name: "full" or "quick".
+        name: "full", "quick", "study" or "study-quick".
         num_images: phantom images (2 per patient), split into `folds` folds plus a `test_frac` test split.
-        folds: folds written (the demo trains and evaluates fold 0 only).
+        folds: folds written (the demo trains and evaluates fold 0 only, the study the first --folds).
         test_frac: fraction of patients held out as the test split of the classification study.
         image_size: side in pixels of the phantoms; the latents are image_size / 8 on a side.
         vae_steps: optimiser steps of the domain VAE (train_vae.py).
@@ -156,4 +156,20 @@ QUICK = Profile(
     cls_seeds=(0, 1),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (FULL, QUICK)}
+# The study (demo/study.py): the full sizes on five written folds, each fold's training split 382 images (23 steps of
+# 16), so GeCA-T trains 111 epochs (2553 steps) and the baselines 175 (4025 steps), as many steps as the demo's
+# models; three validations each (first, middle and last epoch); three classifier seeds per fold.
+STUDY = replace(
+    FULL,
+    name="study",
+    folds=5,
+    epochs=111,
+    baseline_epochs=175,
+    validate_every=55,
+    baseline_validate_every=87,
+    cls_seeds=(0, 1, 2),
+)
+# The study at the quick sizes (what the test suite runs), five written folds.
+STUDY_QUICK = replace(QUICK, name="study-quick", folds=5)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (FULL, QUICK, STUDY, STUDY_QUICK)}

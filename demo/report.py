@@ -627,7 +627,7 @@ def checks_section(lay: Layout, stats: dict[str, dict[str, float]], quick: bool 
     )
 
 
-def timing_section(stages: list[Stage], stamps: dict[str, dict], jobs: int) -> str:
+def timing_section(stages: list[Stage], stamps: dict[str, dict], jobs: int, heading: str = "## 8. Stage times") -> str:
     rows, total, starts, ends = [], 0.0, [], []
     for i, stage in enumerate(stages, 1):
         stamp = stamps.get(stage.name)
@@ -638,10 +638,14 @@ def timing_section(stages: list[Stage], stamps: dict[str, dict], jobs: int) -> s
         starts.append(end - stamp["seconds"])
         ends.append(end)
         rows.append([str(i), f"`{stage.name}`", format_seconds(stamp["seconds"]), stamp["finished"]])
-    wall = f" Wall time from the first stage's start to the last one's end: {format_seconds(max(ends) - min(starts))}"
+    wall = ""
+    if ends:
+        wall = (
+            f" Wall time from the first stage's start to the last one's end: {format_seconds(max(ends) - min(starts))}"
+        )
     return "\n".join(
         [
-            "## 8. Stage times",
+            heading,
             "",
             markdown_table(["#", "stage", "time", "finished"], rows),
             "",
@@ -651,9 +655,9 @@ def timing_section(stages: list[Stage], stamps: dict[str, dict], jobs: int) -> s
     )
 
 
-def commands_section(stages: list[Stage]) -> str:
+def commands_section(stages: list[Stage], heading: str = "## 9. The commands of every stage") -> str:
     lines = [
-        "## 9. The commands of every stage",
+        heading,
         "",
         "Each stage is one of these commands, run from the repository root with the virtualenv's python "
         "(`.venv/bin/python`) and `HF_HUB_OFFLINE=1`; its output is in `logs/<stage>.log`. Run any of them by hand "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from demo import report as demo_report
 from demo.plan import VARIANTS, Layout, build_stages
 from demo.profiles import DEMO_MODELS, FULL, QUICK
 from demo.runner import REPO_ROOT, Runner, Stage, StageFailed, log_tail
-from tests.helpers.flags import assert_flags_applied
+from tests.helpers.stages import assert_stage_commands_parse
 
 # ----------------------------------------------------------------------------------------------------------------
 # Runner: stamps, skipping, invalidation, failures
@@ -164,34 +163,12 @@ def test_log_tail_shows_the_final_state_of_progress_lines(tmp_path):
 # Stage commands
 
 
-PARSERS = {
-    "train_vae.py": "train_vae",
-    "extract_features.py": "extract_features",
-    "train.py": "train",
-    "sample_ddp.py": "sample_ddp",
-    "sample_ddp_val.py": "sample_ddp_val",
-    "evaluate.py": "evaluate",
-    "classify.py": "classify",
-    "data.phantoms": "data.phantoms",
-    "demo.report": "demo.report",
-}
-
-
 @pytest.mark.parametrize("profile", [FULL, QUICK], ids=["full", "quick"])
 def test_every_stage_command_parses_with_its_script(tmp_path, profile):
     stages = build_stages(profile, Layout(tmp_path), "cpu")
     assert [s.name for s in stages][:2] == ["data", "train-vae"] and stages[-1].name == "report"
     names = {s.name for s in stages}
-    for i, stage in enumerate(stages):
-        assert set(stage.deps) <= {s.name for s in stages[:i]}, stage.name  # dependencies run first
-        argv = list(stage.command)
-        assert argv[0] == "python"
-        if argv[1:3] == ["-m", "torch.distributed.run"]:  # torchrun: its options, then the script's command line
-            argv = ["python", *argv[next(i for i, a in enumerate(argv) if a.endswith(".py")) :]]
-            assert stage.name == "extract" and "--nproc_per_node" in stage.command
-        script, rest = (argv[2], argv[3:]) if argv[1] == "-m" else (argv[1], argv[2:])
-        module = importlib.import_module(PARSERS[script])
-        assert_flags_applied(module.build_parser(), rest)
+    assert_stage_commands_parse(stages)
     assert {f"train-{m.replace('/', '-')}" for m in DEMO_MODELS} <= names
     # GeCA is also sampled without Gene Heredity Guidance, into its own folder.
     ablation = [s for s in stages if s.name.startswith("sample-") and "--no-ghg" in s.command]
