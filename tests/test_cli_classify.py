@@ -64,13 +64,8 @@ def make_val_copy(data_path: Path, out: Path, fold: int) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny CNNs gain nothing from intra-op threads, and on a shared CPU the extra threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny CNNs gain nothing from intra-op threads, and on a shared CPU the extra threads only wait.
+pytestmark = pytest.mark.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import sample_ddp_val
 from infra.checkpoint import load_checkpoint, save_checkpoint
 from models import DiT_models
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
+from tests.helpers.threads import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64  # 8 x 8 latents
@@ -157,12 +158,8 @@ def test_one_and_two_processes_write_identical_images(ws, tmp_path):
     # 12 images in full batches of 2 on every rank, one thread everywhere: equal GEMM shapes and blocking, so equal
     # floating-point rounding (the noise is equal by construction; rounding is what a batch or thread change moves).
     flags = ["--data-path", str(ws["features"]), "--expand_ratio", "2", "--per-proc-batch-size", "2"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         sample_ddp.main(sample_ddp.parse_args(argv(ws, tmp_path / "one", "GeCA-T", *flags)))
-    finally:
-        torch.set_num_threads(threads)
     two = argv(ws, tmp_path / "two", "GeCA-T", *flags)
     cmd = [
         sys.executable,

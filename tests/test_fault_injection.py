@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import sample_ddp_val
@@ -43,15 +42,6 @@ SEED = int(os.environ.get("FAULT_INJECTION_SEED", "13"))
 def oct_root(tmp_path_factory) -> Path:
     """16 phantom OCT images at 16 px, 2 folds: 8 training and 8 validation images in fold 0."""
     return make_phantom_oct(tmp_path_factory.mktemp("fault") / "oct", num_images=16, folds=2, size=16)
-
-
-@pytest.fixture
-def one_thread():
-    """Run the in-process reference with one thread, like the subprocesses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train_argv(root: Path, results: Path, validate: bool) -> list[str]:

@@ -27,6 +27,7 @@ from infra.checkpoint import find_model, load_checkpoint
 from models import DiT_models
 from synthesis.generate import noise_seed, sample_images
 from tests.helpers.phantom_data import make_phantom_oct
+from tests.helpers.threads import torch_threads
 
 MODEL = "DiT-T/2"
 SIZE = 8  # image-space pixels: a 4 x 4 token grid for DiT-T/2
@@ -65,23 +66,21 @@ def trained(data, tmp_path_factory) -> dict:
 
     patch = pytest.MonkeyPatch()
     patch.setattr(metrics.inception, "load_inception", lambda weights=None, device="cpu": PooledColours())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        base = tmp_path_factory.mktemp("runs")
-        exp = train.main(
-            train.build_parser().parse_args(
-                train_args(data, base / "full", "--epochs", str(EPOCHS), "--validate_every", str(EPOCHS - 1))
+    with torch_threads(1):
+        try:
+            base = tmp_path_factory.mktemp("runs")
+            exp = train.main(
+                train.build_parser().parse_args(
+                    train_args(data, base / "full", "--epochs", str(EPOCHS), "--validate_every", str(EPOCHS - 1))
+                )
             )
-        )
-        one = train.main(
-            train.build_parser().parse_args(
-                train_args(data, base / "one", "--epochs", "1", "--validate_every", "0", "--max-steps", "1")
+            one = train.main(
+                train.build_parser().parse_args(
+                    train_args(data, base / "one", "--epochs", "1", "--validate_every", "0", "--max-steps", "1")
+                )
             )
-        )
-    finally:
-        torch.set_num_threads(threads)
-        patch.undo()
+        finally:
+            patch.undo()
     return {"exp": exp, "one_step": one, "data": data}
 
 
@@ -144,6 +143,7 @@ def ema_model(trained: dict) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.one_thread  # like the sampling script's own run
 @pytest.mark.parametrize("cfg_scale", ["1.5", "1.0"])
 def test_sampled_images_regenerate_from_the_csv_labels(trained, tmp_path, cfg_scale):
     """The validation copy's PNGs are what the EMA network gives for the labels its CSV lists, at the requested
@@ -152,7 +152,6 @@ def test_sampled_images_regenerate_from_the_csv_labels(trained, tmp_path, cfg_sc
     frame = pd.read_csv(folder / "val_syn_0.csv", index_col=0)
     written = load_uint8(folder, frame)
     labels = torch.as_tensor(frame[list(OCT_LABELS)].to_numpy(), dtype=torch.float32)
-    torch.set_num_threads(1)
     again = sample_images(
         ema_model(trained),
         create_diffusion(str(SAMPLING_STEPS), diffusion_steps=STEPS),
@@ -220,12 +219,8 @@ def test_classifier_reads_phantom_labels_well_above_chance(tmp_path):
         "--num-workers", "0", "--epochs", "30", "--lr", "0.05", "--seeds", "0", "--conditions", "noaug",
         "--out", str(tmp_path / "out"), "--device", "cpu",
     ]  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         result = classify.main(classify.build_parser().parse_args(argv))
-    finally:
-        torch.set_num_threads(threads)
     (run,) = result["runs"]
     assert run["eval_split"] == "test"
     assert run["metrics"]["AUC"] > 0.70, run["metrics"]

@@ -31,13 +31,8 @@ LOSS_TOL = {"bf16": 1e-2, "fp16": 2e-3}
 GRAD_TOL = {"bf16": 3e-2, "fp16": 5e-3}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny ops are dominated by thread wake-ups on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny ops are dominated by thread wake-ups on a shared CPU.
+pytestmark = pytest.mark.one_thread
 
 
 def tiny(key: str, scale: float = 0.02) -> torch.nn.Module:

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
+from tests.helpers.threads import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -338,12 +338,8 @@ def pristine(tmp_path_factory) -> dict:
     data = make_phantom_oct(base / "data", num_images=24, folds=2, size=32)
     make_tiny_vae(base / "vae")
     argv = train_argv({"data": data, "out": base}, "--max-steps", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert run_script("train.py", argv) == 0
-    finally:
-        torch.set_num_threads(threads)
     # 4 x 4 x 4 latents of the 32-pixel training images, in the reference layout.
     from data.select import build_dataset
     from data.transforms import image_transform

@@ -1,5 +1,5 @@
-"""Downstream tests: torch single-threaded (tiny models gain nothing from intra-op threads on a shared CPU), and a
-small phantom dataset with synthetic sample folders in the sampling scripts' layout."""
+"""Downstream tests (one torch thread each: tests/conftest.py, ONE_THREAD_DIRS): a small phantom dataset with
+synthetic sample folders in the sampling scripts' layout."""
 
 from __future__ import annotations
 
@@ -10,19 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from data.labels import OCT_LABELS
 from data.phantoms import make_phantom_dataset
 from synthesis.annotations import write_annotations
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

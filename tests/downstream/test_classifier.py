@@ -41,3 +41,8 @@ def test_lookup_rules(tmp_path):
         find_pretrained("tiny", str(bad))
     with pytest.raises(ValueError, match="state dict"):
         build_classifier("resnet18", 3, find_pretrained("resnet18", str(bad)))
+
+
+def test_tests_of_this_folder_run_on_one_thread():
+    """tests/conftest.py's ONE_THREAD_DIRS policy reaches this folder (and restores the setting afterwards)."""
+    assert torch.get_num_threads() == 1

@@ -45,12 +45,3 @@ def batch() -> Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor, torch
         return x, t, y
 
     return _batch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny ops are dominated by thread wake-ups on a shared CPU: one intra-op thread is ~40x faster here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
