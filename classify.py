@@ -33,7 +33,7 @@ from downstream.classifier import ARCHS, find_pretrained
 from downstream.conditions import BASELINE, SYNTAX, Condition, parse_conditions, synthetic_sets
 from downstream.label_fidelity import run_gan_test, without_bulk
 from downstream.metrics import METRIC_NAMES, undefined_labels
-from downstream.report import label_fidelity_table, markdown_table, summarize, summarize_label_fidelity, write_results
+from downstream.report import label_fidelity_table, summarize, summarize_label_fidelity, table_b, write_results
 from downstream.significance import TEST_DESCRIPTIONS, TESTS
 from downstream.splits import EVAL_SPLITS, FoldData, load_fold
 from downstream.study import run_hash, run_path, run_study
@@ -287,7 +287,7 @@ def main(args: argparse.Namespace) -> dict:
     paths = write_results(
         out_dir, records, summaries, label_names, meta, fidelity, [without_bulk(r) for r in gan_test_records]
     )
-    logger.info("results (percent, mean ± std over runs):\n" + markdown_table(summaries))
+    logger.info("results (percent, mean ± std over runs):\n" + table_b(summaries))
     if fidelity:
         logger.info("label fidelity (percent, mean ± std over runs):\n" + label_fidelity_table(fidelity))
     logger.info(f"wrote {', '.join(str(p) for p in paths)}")

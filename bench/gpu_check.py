@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.markdown import format_bytes, markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("pytest", "bench", "train", "sample", "fp16")
 TITLES = {
@@ -200,23 +202,6 @@ class StageReport:
     data: dict = field(default_factory=dict)
 
 
-def md_table(columns: list[str], rows: list[list]) -> str:
-    """A markdown table; cells are str()-ed and pipes escaped."""
-
-    def cell(v: object) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fmt_bytes(num: float | None) -> str:
-    if num is None or num <= 0:
-        return "n/a"
-    return f"{num / 2**30:.2f} GiB" if num >= 2**30 else f"{num / 2**20:.0f} MiB"
-
-
 def fmt(x: float | None, digits: int = 3) -> str:
     """A number to `digits` significant figures, or 'n/a'."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -270,7 +255,7 @@ class Report:
 
     def summary_table(self) -> str:
         rows = [[s.title, s.status, f"{s.seconds:.0f} s / {s.cap_s:.0f} s", s.headline] for s in self.stages.values()]
-        return md_table(["stage", "status", "time / cap", "result"], rows)
+        return markdown_table(["stage", "status", "time / cap", "result"], rows)
 
     def to_json(self) -> dict:
         return {
@@ -296,7 +281,7 @@ class Report:
             f"- mode: {'CPU dry run (tiny sizes: code paths only, no GPU figure)' if self.mode == 'dry' else 'GPU'}",
             f"- device: {d.get('name', '?')}"
             + (
-                f", {fmt_bytes(d.get('memory_bytes'))}, compute capability {d.get('capability')}"
+                f", {format_bytes(d.get('memory_bytes'))}, compute capability {d.get('capability')}"
                 if d.get("cuda")
                 else ""
             )
@@ -313,7 +298,7 @@ class Report:
             "",
             "## Targets",
             "",
-            md_table(["target", "measured", "met"], self.targets()),
+            markdown_table(["target", "measured", "met"], self.targets()),
             "",
         ]
         for s in self.stages.values():
@@ -325,7 +310,7 @@ class Report:
                 if "text" in table:
                     lines.append(table["text"])
                 else:
-                    lines.append(md_table(table["columns"], table["rows"]))
+                    lines.append(markdown_table(table["columns"], table["rows"]))
             if s.notes:
                 lines += [""] + [f"- {n}" for n in s.notes]
             if s.commands:
@@ -664,7 +649,7 @@ def stage_train(ctx: Context, rep: StageReport, deadline: float) -> None:
                 r["status"],
                 fmt(r.get("steps_per_sec")),
                 fmt(r.get("images_per_sec")),
-                fmt_bytes(r.get("peak_bytes")),
+                format_bytes(r.get("peak_bytes")),
                 fmt(r["flops_per_step"] / 1e12) if r.get("flops_per_step") else "n/a",
                 fmt(r.get("achieved_tflops")),
                 f"{fmt(100 * r['mfu'])}%" if r.get("mfu") else "n/a",
@@ -743,7 +728,7 @@ def stage_sample(ctx: Context, rep: StageReport) -> None:
                 fmt(1 / e_spi) if e_spi else e2e.get("skipped", "n/a"),
                 fmt(e_spi),
                 fmt(e2e.get("wall_seconds")),
-                fmt_bytes(den.get("peak_bytes")),
+                format_bytes(den.get("peak_bytes")),
             ]
         )
         for b, what in m.get("tried", []):
@@ -992,7 +977,7 @@ def main(args: argparse.Namespace) -> int:
         report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         report.write()
         print("\n" + report.summary_table() + "\n")
-        print(md_table(["target", "measured", "met"], report.targets()))
+        print(markdown_table(["target", "measured", "met"], report.targets()))
         print(f"\nwall {time.time() - report.t0:.0f} s; report: {out / 'REPORT.md'}, {out / 'report.json'}")
         return 0 if all(report.stages[k].status == "ok" for k in args.stages) else 1
     except Interrupted as err:

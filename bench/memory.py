@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from bench.timing import Row, format_bytes
+from bench.timing import Row
 from infra import rng
+from infra.markdown import format_bytes
 from models import DiT_models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,9 @@ from unittest import mock
 import torch
 
 import models.geca
-from bench.timing import Row, format_bytes, format_time, paired_ratio, time_interleaved
+from bench.timing import Row, format_time, paired_ratio, time_interleaved
 from infra import rng
+from infra.markdown import format_bytes
 from models import DiT_models
 
 

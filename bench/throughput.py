@@ -12,8 +12,9 @@ import time
 
 import torch
 
-from bench.timing import Row, format_bytes, synchronize
+from bench.timing import Row, synchronize
 from diffusion import create_diffusion
+from infra.markdown import format_bytes
 from models import DiT_models
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

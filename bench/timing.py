@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from infra.markdown import markdown_table
+
 
 @dataclass
 class Row:
@@ -84,11 +86,6 @@ def format_time(seconds: list[float]) -> str:
     return f"{statistics.median(seconds) * 1e3:.1f} ms ({min(seconds) * 1e3:.0f}-{max(seconds) * 1e3:.0f})"
 
 
-def format_bytes(num: float) -> str:
-    """Bytes as MiB or GiB."""
-    return f"{num / 2**30:.2f} GiB" if num >= 2**30 else f"{num / 2**20:.0f} MiB"
-
-
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages of the machine, or 'n/a'."""
     try:
@@ -113,8 +110,4 @@ def render_table(rows: list[Row], header: list[str]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |")
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
-    return "\n".join(lines)
+    return "\n".join([*lines, markdown_table(cols, cells, padded=True)])

@@ -34,6 +34,7 @@ from demo.profiles import FOLD, NUM_CLASSES, PAPER_MODELS, Profile
 from demo.runner import Stage, format_seconds
 from downstream.report import REAL_REFERENCE
 from infra.atomic_io import atomic_save_png, atomic_write, atomic_write_text
+from infra.markdown import markdown_table
 from infra.naming import model_tag
 from infra.plots import Panel, Series, plot_panels
 from training.selection import NOISE_Z
@@ -91,11 +92,6 @@ def multiline_command(command: str, width: int = 100) -> str:
         groups[-1].append(shlex.quote(word))
     lines = [" ".join(g) if len(" ".join(g)) <= width else " \\\n        ".join(g) for g in groups]
     return " \\\n    ".join(lines)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from demo.report import (
     commands_section,
     human_count,
     image_grid,
-    markdown_table,
     panels,
     parameter_counts,
     timing_section,
@@ -41,6 +40,7 @@ from demo.study import CLASSIFIED_KIND, KINDS, StudyPlan, build_study_stages
 from downstream.significance import paired_test, stars
 from infra.atomic_io import atomic_write_text
 from infra.errors import run_main
+from infra.markdown import markdown_table
 from infra.templates import render
 
 TEMPLATE = Path(__file__).with_name("templates") / "study.md"

@@ -21,6 +21,7 @@ from downstream.conditions import BASELINE, Condition, synthetic_sets, table_ord
 from downstream.metrics import METRIC_NAMES, mean_std
 from downstream.significance import TEST_DESCRIPTIONS, paired_test, stars
 from infra.atomic_io import atomic_write, atomic_write_text
+from infra.markdown import markdown_table
 
 CHART_METRICS: tuple[str, ...] = ("F1", "mAP")
 # The columns of the label-fidelity table, for GAN-test and for GAN-train (threshold-free AUC and mAP, and the
@@ -200,13 +201,14 @@ def label_fidelity_table(rows: list[dict]) -> str:
         *(f"GAN-test {m}{_ARROW}" for m in FIDELITY_METRICS),
         *(f"GAN-train {m}{_ARROW}" for m in FIDELITY_METRICS),
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["name"]]
-        for score in ("gan_test", "gan_train"):
-            cells += [_cell(row[score]["metrics"][m]) for m in FIDELITY_METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [
+            row["name"],
+            *(_cell(row[score]["metrics"][m]) for score in ("gan_test", "gan_train") for m in FIDELITY_METRICS),
+        ]
+        for row in rows
+    ]
+    return markdown_table(header, cells)
 
 
 def label_fidelity_section(rows: list[dict], meta: dict) -> list[str]:
@@ -262,14 +264,11 @@ def _p_cell(result: dict) -> str:
     return result["stars"] if math.isnan(p) else f"{result['stars']} (p = {p:.2g})"
 
 
-def markdown_table(summaries: list[dict]) -> str:
+def table_b(summaries: list[dict]) -> str:
     """Table B's layout: one row per condition, mean ± std in percent, p-value stars ("-" for the baseline)."""
     header = ["Synthetic data", *(f"{m}{_ARROW}" for m in METRIC_NAMES), "p-value"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s in summaries:
-        cells = [s["display_name"], *(_cell(s["metrics"][m]) for m in METRIC_NAMES), _p_cell(s["test"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[s["display_name"], *(_cell(s["metrics"][m]) for m in METRIC_NAMES), _p_cell(s["test"])] for s in summaries]
+    return markdown_table(header, rows)
 
 
 def markdown_report(summaries: list[dict], meta: dict, fidelity: list[dict] | None = None) -> str:
@@ -288,7 +287,7 @@ def markdown_report(summaries: list[dict], meta: dict, fidelity: list[dict] | No
         if s["test"]["note"] not in ("", "baseline"):
             notes.append(f"{s['display_name']}: p-value n/a: {s['test']['note']}")
     notes += meta.get("warnings", [])
-    lines = ["# Downstream multi-label classification", "", markdown_table(summaries), "", *(f"- {n}" for n in notes)]
+    lines = ["# Downstream multi-label classification", "", table_b(summaries), "", *(f"- {n}" for n in notes)]
     if fidelity:
         lines += ["", *label_fidelity_section(fidelity, meta)]
     return "\n".join([*lines, ""])
