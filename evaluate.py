@@ -39,6 +39,7 @@ from data.transforms import center_crop_arr
 from data.validate import check_images, read_fold_csv
 from infra.argtypes import image_size_flag
 from infra.atomic_io import atomic_write_text
+from infra.distributed import pick_device
 from infra.errors import UserError, run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
@@ -119,16 +120,6 @@ def dataset_kind(real: str, dataset: str | None, logger: logging.Logger) -> str:
     except ValueError:
         logger.info(f"--real {real} matches no dataset rule; reading its fold CSVs (pass --dataset to choose)")
         return "csv"
-
-
-def pick_device(device_list: list[str], logger: logging.Logger) -> torch.device:
-    """The first entry of --device_list; CUDA falls back to the CPU when it is not available."""
-    device = torch.device(device_list[0])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        logger.info(f"--device_list {device_list[0]} requested but CUDA is not available; running on cpu")
-        device = torch.device("cpu")
-    logger.info(f"device: {device}")
-    return device
 
 
 class FeatureBank:
@@ -429,7 +420,8 @@ def compare(
 def main(args: argparse.Namespace) -> dict[str, Any]:
     logger = create_logger("evaluate")
     set_tf32(args.tf32)
-    device = pick_device(args.device_list, logger)
+    device = pick_device(0, args.device_list[0], cpu_fallback=True, log=logger.info)
+    logger.info(f"device: {device}")
     seed_everything(args.seed)
     if args.gen is None and not args.reference_only:
         raise UserError("--gen is required (the sample folder to evaluate), except with --reference-only")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from infra.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,33 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(local_rank: int = 0, device: str | None = None) -> torch.device:
-    """The device of this process: `device` when given, else CUDA `local_rank` when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def pick_device(
+    local_rank: int = 0, device: str | None = None, cpu_fallback: bool = False, log: Callable[[str], None] | None = None
+) -> torch.device:
+    """The device of this process: `device` when given, else CUDA `local_rank` when available, else CPU.
+
+    Args:
+        local_rank: this process's rank on its machine (which GPU it takes by default).
+        device: an explicit device ("cpu", "cuda:1"), or None.
+        cpu_fallback: a CUDA `device` on a machine without CUDA runs on the CPU instead (evaluate.py's
+            --device_list, as the reference); otherwise it is an error naming the device.
+        log: where the fallback is reported.
+
+    Raises:
+        UserError: a CUDA `device` without CUDA, unless `cpu_fallback`.
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        if not cpu_fallback:
+            raise UserError(f"device {device} requested but CUDA is not available on this machine")
+        if log is not None:
+            log(f"device {device} requested but CUDA is not available; running on cpu")
+        chosen = torch.device("cpu")
+    return chosen
 
 
 def setup_distributed(device: str | None = None) -> DistInfo:

@@ -8,7 +8,8 @@ import torch
 
 from infra import rng
 from infra.atomic_io import atomic_np_save, atomic_write
-from infra.distributed import setup_distributed, unwrap_model
+from infra.distributed import pick_device, setup_distributed, unwrap_model
+from infra.errors import UserError
 from infra.seeding import rank_seed
 
 
@@ -67,3 +68,13 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "y.npy").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_a_cuda_device_without_cuda_is_a_user_error_or_falls_back_where_asked():
+    assert pick_device(3) == torch.device("cpu") and pick_device(0, "cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="cuda:1 requested but CUDA is not available"):
+        pick_device(0, "cuda:1")
+    said = []
+    assert pick_device(0, "cuda:0", cpu_fallback=True, log=said.append) == torch.device("cpu")
+    assert said == ["device cuda:0 requested but CUDA is not available; running on cpu"]
