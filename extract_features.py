@@ -33,7 +33,7 @@ from infra.distributed import all_gather_objects, barrier, cleanup_distributed, 
 from infra.errors import UserError, run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
-from infra.rng import sample_generators
+from infra.rng import mixed_seed, sample_generators
 from infra.seeding import rank_seed, seed_everything
 from models import DiT_models
 
@@ -45,7 +45,7 @@ _NOISE_STREAM, _FLIP_STREAM = 0, 1
 
 def sample_seed(global_seed: int, index: int, stream: int = _NOISE_STREAM) -> int:
     """A 63-bit seed for image `index`, independent of world size and batch (SeedSequence mixing)."""
-    return int(np.random.SeedSequence([global_seed, index, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return mixed_seed(global_seed, index, stream)
 
 
 def flip_decision(global_seed: int, index: int) -> bool:

@@ -29,7 +29,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader, Dataset
@@ -46,7 +45,7 @@ from infra.distributed import pick_device
 from infra.errors import UserError, run_main
 from infra.logs import create_logger
 from infra.precision import add_tf32_flag, set_tf32
-from infra.rng import randn, sample_generators
+from infra.rng import mixed_seed, randn, sample_generators
 from infra.seeding import seed_everything
 
 # Stream tags under --global-seed: the data order of an epoch, the flips and posterior noise of a training step,
@@ -75,8 +74,7 @@ METRIC_FIELDS = ("step", "loss", "l1", "kl")
 
 def stream_seed(global_seed: int, stream: int, key: int) -> int:
     """A 63-bit seed for (seed, stream, key), well mixed so that nearby keys give unrelated streams."""
-    state = np.random.SeedSequence([global_seed, stream, key]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
+    return mixed_seed(global_seed, stream, key)
 
 
 def step_batch(step: int, num_items: int, batch_size: int, global_seed: int) -> list[int]:

@@ -26,6 +26,7 @@ from data.labels import OCT_LABELS, RETINAMNIST_LABELS
 from data.make_folds import make_folds, split_counts, write_folds
 from infra.atomic_io import atomic_write, atomic_write_text
 from infra.errors import UserError, run_main
+from infra.rng import mixed_sequence
 
 PHANTOM_KINDS = ("oct", "fundus")
 IMAGES_PER_PATIENT = 2
@@ -517,12 +518,12 @@ def draw_fundus(grade: int, size: int, seed: np.random.SeedSequence) -> np.ndarr
 
 def image_seed(seed: int, index: int) -> np.random.SeedSequence:
     """The seed sequence of image `index` of a phantom set made with `seed`."""
-    return np.random.SeedSequence([seed, 0, index])
+    return mixed_sequence(seed, 0, index)
 
 
 def patient_labels(kind: str, seed: int, patient: int) -> np.ndarray:
     """The label vector shared by every image of one phantom patient ((11,) multi-hot OCT or (5,) one-hot)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, patient]))
+    rng = np.random.default_rng(mixed_sequence(seed, 1, patient))
     if kind == "oct":
         return sample_oct_labels(rng)
     onehot = np.zeros(len(RETINAMNIST_LABELS), dtype=np.int64)

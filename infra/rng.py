@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -39,6 +40,22 @@ def keyed_seed(base: int, key: int, stride: int = SEED_STRIDE) -> int:
         `base * stride + key`.
     """
     return base * stride + key
+
+
+def mixed_sequence(*keys: int) -> np.random.SeedSequence:
+    """The numpy seed sequence of the stream keyed by `keys` (run seed, stream id, index, ...), hashed so that
+    nearby keys give unrelated streams.
+
+    The second way a stream is derived, beside keyed_seed: feature extraction (noise and flips per image), the domain
+    VAE's training order and noise, and the phantoms (one sequence per image and per patient) use it. Both stay, each
+    where it was first used, so that every output made before this module held both is reproduced bit for bit.
+    """
+    return np.random.SeedSequence([int(k) for k in keys])
+
+
+def mixed_seed(*keys: int) -> int:
+    """A 63-bit integer seed (for a torch or numpy generator) drawn from mixed_sequence(*keys)."""
+    return int(mixed_sequence(*keys).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def sample_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
