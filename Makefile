@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 QUICK ?= 0
 # Idle OpenMP threads sleep instead of spinning: on a machine whose other cores are busy, spinning threads slowed a
-# GeCA-T training run from 8.8 to 0.08 steps/s (README, performance). A value set by the user wins.
+# GeCA-T training run from 8.8 to 0.08 steps/s (docs/USAGE.md, "Performance options"). A value set by the user wins.
 OMP_WAIT_POLICY ?= PASSIVE
 export OMP_WAIT_POLICY
 
