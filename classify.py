@@ -36,7 +36,7 @@ from downstream.metrics import METRIC_NAMES, undefined_labels
 from downstream.report import label_fidelity_table, summarize, summarize_label_fidelity, table_b, write_results
 from downstream.significance import TEST_DESCRIPTIONS, TESTS
 from downstream.splits import EVAL_SPLITS, FoldData, load_fold
-from downstream.study import run_hash, run_path, run_study
+from downstream.study import StudySetup, run_hash, run_path, run_study
 from downstream.training import TrainConfig
 from infra.distributed import pick_device
 from infra.errors import UserError, run_main
@@ -225,8 +225,7 @@ def main(args: argparse.Namespace) -> dict:
     baseline = next((c for c in conditions if c.kind == BASELINE), None)
     gan_test = args.gan_test and bool(sets)
     with logging_redirect_tqdm(loggers=[logger]):
-        records = run_study(
-            trained,
+        setup = StudySetup(
             folds,
             args.seeds,
             cfg,
@@ -239,27 +238,13 @@ def main(args: argparse.Namespace) -> dict:
             num_workers=args.num_workers,
             eval_batch_size=args.eval_batch_size,
             resume=args.resume,
-            baseline_weights_needed=gan_test and any(d.synthetic_val for d in folds.values()),
         )
+        needed = gan_test and any(d.synthetic_val for d in folds.values())
+        records = run_study(setup, trained, baseline_weights_needed=needed)
         gan_test_records = []
         if gan_test:
-            gan_test_records = run_gan_test(
-                sets,
-                baseline,
-                [r for r in records if baseline is not None and r["condition"] == baseline.name],
-                folds,
-                args.seeds,
-                cfg,
-                label_names,
-                weights,
-                Path(args.data_path),
-                out_dir,
-                device,
-                logger,
-                num_workers=args.num_workers,
-                eval_batch_size=args.eval_batch_size,
-                resume=args.resume,
-            )
+            base_runs = [r for r in records if baseline is not None and r["condition"] == baseline.name]
+            gan_test_records = run_gan_test(setup, sets, baseline, base_runs)
     summaries = summarize(records, trained, label_names, args.test, args.test_metric)
     fidelity = summarize_label_fidelity(
         summaries, gan_test_records, conditions, "" if args.gan_test else "not computed (--no-gan-test)"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from pathlib import Path
 
@@ -28,7 +27,16 @@ import torch
 from downstream.conditions import Condition, fold_folder
 from downstream.metrics import macro_average, per_label_metrics
 from downstream.splits import FoldData, datasets_fingerprint
-from downstream.study import RUNS_DIR, finite_or_none, fmt_metric, load_state, run_hash, run_path, state_path
+from downstream.study import (
+    RUNS_DIR,
+    StudySetup,
+    finite_or_none,
+    fmt_metric,
+    load_state,
+    run_hash,
+    run_path,
+    state_path,
+)
 from downstream.training import TrainConfig, predict_with_state
 from infra.atomic_io import atomic_write_text
 
@@ -112,50 +120,26 @@ def score_copy(
 
 
 def run_gan_test(
-    sets: dict[str, str],
-    baseline: Condition | None,
-    baseline_records: list[dict],
-    folds: dict[int, FoldData],
-    seeds: list[int],
-    cfg: TrainConfig,
-    label_names: tuple[str, ...],
-    weights: Path | None,
-    data_path: Path,
-    out_dir: Path,
-    device: torch.device,
-    logger: logging.Logger,
-    num_workers: int = 0,
-    eval_batch_size: int = 32,
-    resume: bool = True,
+    setup: StudySetup, sets: dict[str, str], baseline: Condition | None, baseline_records: list[dict]
 ) -> list[dict]:
     """GAN-test of every synthetic set, fold and seed, reusing stored scores (the baseline runs must be finished).
 
     Args:
+        setup: what the study's runs share (folds with their validation copies loaded, seeds, settings, paths).
         sets: {set NAME: sample folder (may contain `{fold}`)}.
         baseline: the baseline condition (None only when no fold has a validation copy to score).
         baseline_records: the baseline's run records (one per fold and seed).
-        folds: the study's folds (with their validation copies loaded).
-        seeds: the study's seeds.
-        cfg: protocol settings.
-        label_names: the K labels.
-        weights: the ImageNet weight file of the study (part of the baseline's key), or None.
-        data_path: the real dataset root (part of the baseline's key).
-        out_dir: the study's output folder.
-        device: compute device.
-        logger: progress lines.
-        num_workers: DataLoader workers.
-        eval_batch_size: batch size.
-        resume: reuse stored scores.
 
     Returns:
         One record per (set, fold, seed), in that order: `available` False with a `reason` when the fold has no
         validation copy, else the metrics (as run records: `metrics`, `per_label`) and the baseline run's sizes.
     """
+    cfg, label_names, out_dir, logger = setup.cfg, setup.label_names, setup.out_dir, setup.logger
     by_run = {(r["fold"], r["seed"]): r for r in baseline_records}
     records = []
     for set_name, sample_dir in sets.items():
-        for fold, fold_data in folds.items():
-            for seed in seeds:
+        for fold, fold_data in setup.folds.items():
+            for seed in setup.seeds:
                 record = {
                     "condition": gan_test_name(set_name),
                     "display_name": set_name,
@@ -173,18 +157,25 @@ def run_gan_test(
                     records.append({**record, "available": False, "reason": reason})
                     continue
                 assert baseline is not None, "classify.prepare requires the baseline when a copy is to be scored"
-                base_key = run_hash(cfg, weights, label_names, baseline, data_path, fold_data)
+                base_key = run_hash(cfg, setup.weights, label_names, baseline, setup.data_path, fold_data)
                 base_file = run_path(out_dir, baseline, fold, seed, base_key)
                 state_file = state_path(base_file)
                 key = gan_test_hash(base_key, state_file, fold_data, set_name)
                 path = gan_test_path(out_dir, set_name, fold, seed, key)
-                if resume and path.is_file():
+                if setup.resume and path.is_file():
                     logger.info(f"{tag}: resumed from {path}")
                     records.append(json.loads(path.read_text()))
                     continue
                 base = by_run[(fold, seed)]
                 scored = score_copy(
-                    cfg, load_state(state_file), fold_data, set_name, label_names, device, num_workers, eval_batch_size
+                    cfg,
+                    load_state(state_file),
+                    fold_data,
+                    set_name,
+                    label_names,
+                    setup.device,
+                    setup.num_workers,
+                    setup.eval_batch_size,
                 )
                 record.update(
                     available=True,

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -153,31 +153,53 @@ def run_one(
     }, outcome.state
 
 
-def run_study(
-    conditions: list[Condition],
-    folds: dict[int, FoldData],
-    seeds: list[int],
-    cfg: TrainConfig,
-    label_names: tuple[str, ...],
-    weights: Path | None,
-    data_path: Path,
-    out_dir: Path,
-    device: torch.device,
-    logger: logging.Logger,
-    num_workers: int = 0,
-    eval_batch_size: int = 32,
-    resume: bool = True,
-    baseline_weights_needed: bool = False,
-) -> list[dict]:
+@dataclass(frozen=True)
+class StudySetup:
+    """What every run of one classify.py study shares (run_study and run_gan_test take it whole).
+
+    Attributes:
+        folds: the study's folds (real splits, synthetic sets and validation copies loaded).
+        seeds: training seeds per fold.
+        cfg: protocol settings.
+        label_names: the K labels.
+        weights: the ImageNet weight file (part of every run's key), or None.
+        data_path: the real dataset root (part of every run's key).
+        out_dir: the study's output folder.
+        device: compute device.
+        logger: progress lines.
+        num_workers: DataLoader workers.
+        eval_batch_size: evaluation batch size.
+        resume: reuse finished runs and stored scores.
+    """
+
+    folds: dict[int, FoldData]
+    seeds: list[int]
+    cfg: TrainConfig
+    label_names: tuple[str, ...]
+    weights: Path | None
+    data_path: Path
+    out_dir: Path
+    device: torch.device
+    logger: logging.Logger
+    num_workers: int = 0
+    eval_batch_size: int = 32
+    resume: bool = True
+
+
+def run_study(setup: StudySetup, conditions: list[Condition], baseline_weights_needed: bool = False) -> list[dict]:
     """Every (condition, fold, seed) run, loading finished ones from `{out}/runs/` instead of retraining them.
 
     Args:
+        setup: what the runs share.
+        conditions: the conditions that train.
         baseline_weights_needed: a finished baseline run counts as finished only when its weights file is there
             too (GAN-test reads it); otherwise it is trained again.
 
     Returns:
         The run records in (condition, fold, seed) order; each also carries its "config_hash".
     """
+    folds, seeds, cfg, label_names, weights = setup.folds, setup.seeds, setup.cfg, setup.label_names, setup.weights
+    data_path, out_dir, logger = setup.data_path, setup.out_dir, setup.logger
     records = []
     total = len(conditions) * len(folds) * len(seeds)
     done = 0
@@ -189,7 +211,7 @@ def run_study(
                 path = run_path(out_dir, condition, fold, seed, key)
                 is_baseline = condition.kind == BASELINE
                 tag = f"run {done}/{total} {condition.name} fold {fold} seed {seed}"
-                if resume and path.is_file():
+                if setup.resume and path.is_file():
                     if is_baseline and baseline_weights_needed and not state_path(path).is_file():
                         logger.info(
                             f"{tag}: finished, but its weights (needed for GAN-test) are missing: training again"
@@ -200,7 +222,16 @@ def run_study(
                         continue
                 logger.info(f"{tag}: training (key {key})")
                 record, state = run_one(
-                    condition, fold_data, seed, cfg, label_names, weights, device, num_workers, eval_batch_size, logger
+                    condition,
+                    fold_data,
+                    seed,
+                    cfg,
+                    label_names,
+                    weights,
+                    setup.device,
+                    setup.num_workers,
+                    setup.eval_batch_size,
+                    logger,
                 )
                 record["config_hash"] = key
                 if is_baseline:
