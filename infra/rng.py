@@ -58,6 +58,15 @@ def mixed_seed(*keys: int) -> int:
     return int(mixed_sequence(*keys).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def spawned_generators(seed: np.random.SeedSequence, n: int) -> list[np.random.Generator]:
+    """`n` independent numpy generators derived from `seed` without mutating it (unlike SeedSequence.spawn): child k
+    is the sequence with spawn key k appended (the phantoms' per-aspect streams: anatomy, lesions, speckle)."""
+    keys = [
+        np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, k), pool_size=seed.pool_size) for k in range(n)
+    ]
+    return [np.random.default_rng(k) for k in keys]
+
+
 def sample_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One seeded generator per sample, on `device`."""
     gens = []
