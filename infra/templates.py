@@ -3,12 +3,19 @@
 A template uses `string.Template` placeholders (`$name` or `${name}`; `$$` is a literal dollar sign). Rendering
 substitutes every placeholder from a dict of computed strings and raises when one has no value, or when a value is
 given that the template never uses, so a renamed field cannot silently drop a number from a report.
+
+A template file is either one template (`render`) or a sequence of named blocks (`render_block`), each starting
+with a line `<!-- block: NAME -->` and running to the next such line; a block's last line break is not part of it.
 """
 
 from __future__ import annotations
 
+import re
 import string
+from functools import cache
 from pathlib import Path
+
+BLOCK_MARK = re.compile(r"^<!-- block: ([A-Za-z0-9_-]+) -->\n", re.M)
 
 
 class TemplateError(RuntimeError):
@@ -25,15 +32,37 @@ def placeholders(text: str) -> set[str]:
     return names
 
 
+def _substitute(text: str, values: dict[str, str], where: str) -> str:
+    used = placeholders(text)
+    missing, unused = sorted(used - values.keys()), sorted(values.keys() - used)
+    if missing or unused:
+        raise TemplateError(f"{where}: placeholders without a value {missing}, values without a placeholder {unused}")
+    return string.Template(text).substitute(values)
+
+
 def render(path: str | Path, values: dict[str, str]) -> str:
     """The template at `path` with every placeholder replaced by `values[name]`.
 
     Raises:
         TemplateError: a placeholder without a value, or a value without a placeholder.
     """
+    return _substitute(Path(path).read_text(), values, str(path))
+
+
+@cache
+def blocks(path: Path) -> dict[str, str]:
+    """{name: text} of a block template file (read once per process)."""
     text = Path(path).read_text()
-    used = placeholders(text)
-    missing, unused = sorted(used - values.keys()), sorted(values.keys() - used)
-    if missing or unused:
-        raise TemplateError(f"{path}: placeholders without a value {missing}, values without a placeholder {unused}")
-    return string.Template(text).substitute(values)
+    marks = list(BLOCK_MARK.finditer(text))
+    if not marks or text[: marks[0].start()].strip():
+        raise TemplateError(f"{path}: a block template starts with a '<!-- block: NAME -->' line")
+    found = {}
+    for mark, nxt in zip(marks, [*marks[1:], None]):
+        body = text[mark.end() : nxt.start() if nxt else len(text)]
+        found[mark.group(1)] = body[:-1] if body.endswith("\n") else body
+    return found
+
+
+def render_block(path: str | Path, name: str, values: dict[str, str]) -> str:
+    """Block `name` of the block template file at `path`, rendered as `render` does."""
+    return _substitute(blocks(Path(path))[name], values, f"{path}, block {name}")

@@ -23,7 +23,7 @@ from demo.profiles import STUDY, STUDY_QUICK
 from demo.runner import REPO_ROOT
 from demo.study import StudyPlan, build_study_stages, pooled_conditions
 from infra.errors import UserError
-from infra.templates import TemplateError, placeholders, render
+from infra.templates import TemplateError, placeholders, render, render_block
 from tests.helpers.stages import assert_stage_commands_parse
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,6 +94,19 @@ def test_render_refuses_missing_and_unused_values(tmp_path):
         render(path, {"kid": "3.1"})
     with pytest.raises(TemplateError, match="without a placeholder \\['extra'\\]"):
         render(path, {"kid": "3.1", "n": "5", "extra": "x"})
+
+
+def test_block_templates_render_each_block_alone(tmp_path):
+    path = tmp_path / "blocks.md"
+    path.write_text("<!-- block: a -->\nKID $kid.\n\n<!-- block: note -->\n an aside\n")
+    assert render_block(path, "a", {"kid": "3"}) == "KID 3.\n"  # a block keeps its inner blank line
+    assert render_block(path, "note", {}) == " an aside"
+    with pytest.raises(TemplateError, match="block a"):
+        render_block(path, "a", {})
+    bad = tmp_path / "bad.md"
+    bad.write_text("stray text\n<!-- block: a -->\nx\n")
+    with pytest.raises(TemplateError, match="starts with"):
+        render_block(bad, "a", {})
 
 
 # ----------------------------------------------------------------------------------------------------------------
