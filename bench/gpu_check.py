@@ -27,12 +27,10 @@ import argparse
 import csv
 import json
 import math
-import os
 import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from infra.markdown import format_bytes, markdown_table
+from infra.stages import Runner, log_tail
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("pytest", "bench", "train", "sample", "fp16")
@@ -332,81 +331,13 @@ class Report:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    returncode: int | None
-    seconds: float
-    timed_out: bool
-    log: Path
-
-
 class Interrupted(Exception):
     """SIGTERM or SIGINT reached the check: stop the running stage, keep the report."""
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """End a child started in its own session, with its children (accelerate's worker): TERM, then KILL."""
-    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-class Runner:
-    """Runs the stages' commands with a time cap, logging each to `logs/NAME.log`."""
-
-    def __init__(self, out: Path, python: str, env_extra: dict[str, str]) -> None:
-        self.out, self.python = out, python
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env_extra}
-
-    def run(self, cmd: list[str], name: str, timeout: float, log_dir: Path | None = None) -> Outcome:
-        """Run `cmd` from the repository root, stopped (with its children) after `timeout` seconds."""
-        log = (log_dir or self.out / "logs") / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        with open(log, "wb") as f:
-            f.write(f"$ {shlex.join(cmd)}\n".encode())
-            f.flush()
-            proc = subprocess.Popen(
-                cmd,
-                cwd=REPO,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-            )
-            try:
-                rc = proc.wait(timeout=max(timeout, 1.0))
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                stop_group(proc)
-                rc, timed_out = proc.returncode, True
-            except BaseException:
-                stop_group(proc)
-                raise
-        return Outcome(rc, time.time() - start, timed_out, log)
-
-    def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.out))
-        except ValueError:
-            return str(path)
-
-
 def tail(path: Path, lines: int = 3) -> str:
-    """The last non-empty lines of a log (progress-bar carriage returns split into lines)."""
-    try:
-        text = path.read_text(errors="replace").replace("\r", "\n")
-    except OSError:
-        return ""
-    kept = [line.strip() for line in text.splitlines() if line.strip()]
-    return " / ".join(kept[-lines:])
+    """The last lines of a log as a terminal shows them, joined by " / "."""
+    return " / ".join(log_tail(path, lines))
 
 
 def read_json(path: Path) -> dict:
@@ -445,7 +376,7 @@ def stage_pytest(ctx: Context, rep: StageReport) -> None:
     cmd = [ctx.py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}"]
     cmd += gpu_test_files()
     rep.commands.append(shlex.join(cmd))
-    outcome = ctx.runner.run(cmd, "pytest", rep.cap_s)
+    outcome = ctx.runner.run_command(cmd, "pytest", rep.cap_s)
     rep.logs.append(ctx.runner.rel(outcome.log))
     rows, counts = [], {"passed": 0, "failed": 0, "skipped": 0}
     if xml.is_file():
@@ -484,7 +415,7 @@ def stage_bench(ctx: Context, rep: StageReport, deadline: float) -> None:
         cmd = [ctx.py, "-m", "bench", "--device", ctx.sizes.device, "--sections", *sections]
         cmd += ["--output", str(table_file), *ctx.sizes.bench_extra]
         rep.commands.append(shlex.join(cmd))
-        outcome = ctx.runner.run(cmd, f"bench_{i}", left)
+        outcome = ctx.runner.run_command(cmd, f"bench_{i}", left)
         rep.logs.append(ctx.runner.rel(outcome.log))
         if outcome.timed_out:
             statuses.append("timed out")
@@ -566,7 +497,7 @@ def train_run(ctx: Context, rep: StageReport, latents: Path, batch: int, compile
     results, probe = ctx.work / name, ctx.work / f"{name}.json"
     cmd = train_command(ctx, latents, results, batch, compiled, probe)
     rep.commands.append(shlex.join(cmd))
-    outcome = ctx.runner.run(cmd, name, timeout)
+    outcome = ctx.runner.run_command(cmd, name, timeout)
     rep.logs.append(ctx.runner.rel(outcome.log))
     info = read_json(probe)
     run: dict = {"batch": batch, "compile": compiled, "seconds": outcome.seconds, "log": ctx.runner.rel(outcome.log)}
@@ -709,7 +640,7 @@ def stage_sample(ctx: Context, rep: StageReport) -> None:
     # imports count against the cap too).
     cmd += ["--deadline-at", f"{time.time() + rep.cap_s - 10:.1f}"] + (["--tiny-vae"] if s.tiny_vae else [])
     rep.commands.append(shlex.join(cmd))
-    outcome = ctx.runner.run(cmd, "sample", rep.cap_s)
+    outcome = ctx.runner.run_command(cmd, "sample", rep.cap_s)
     rep.logs.append(ctx.runner.rel(outcome.log))
     data = read_json(out_json)
     rep.data.update(data)
@@ -799,7 +730,7 @@ def stage_fp16(ctx: Context, rep: StageReport) -> None:
     cmd += ["--steps", str(s.fp16_steps), "--rtol", str(ctx.args.fp16_rtol), "--ghg-batch", str(s.ghg_batch)]
     cmd += ["--ghg-steps", str(s.ghg_steps), "--cfg-scale", "1.5"]
     rep.commands.append(shlex.join(cmd))
-    outcome = ctx.runner.run(cmd, "fp16", rep.cap_s)
+    outcome = ctx.runner.run_command(cmd, "fp16", rep.cap_s)
     rep.logs.append(ctx.runner.rel(outcome.log))
     data = read_json(out_json)
     rep.data.update(data)
@@ -876,7 +807,7 @@ def probe_device(runner: Runner, work: Path, dry: bool) -> dict:
         return device_facts(query_cuda=False)
     out = work / "device.json"
     cmd = [runner.python, "-m", "bench.gpu_workers", "device", "--json", str(out)]
-    outcome = runner.run(cmd, "device", 120, log_dir=work)  # nothing lands in --out on a machine without a GPU
+    outcome = runner.run_command(cmd, "device", 120, log_dir=work)  # nothing lands in --out on a machine without a GPU
     facts = read_json(out)
     if not facts:
         raise RuntimeError(f"the device probe failed (exit {outcome.returncode}): {tail(outcome.log, 5)}")
@@ -894,7 +825,7 @@ def main(args: argparse.Namespace) -> int:
     work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix="gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
     # The dry run hides CUDA from every stage, so even on a GPU machine it runs the CPU code paths.
-    runner = Runner(out, args.python, {"CUDA_VISIBLE_DEVICES": ""} if args.dry else {})
+    runner = Runner(out, {"CUDA_VISIBLE_DEVICES": ""} if args.dry else {}, python=args.python)
 
     def on_signal(signum: int, _frame: object) -> None:
         raise Interrupted(signal.Signals(signum).name)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from demo.plan import Layout, build_stages
 from demo.profiles import DEMO_MODELS, FOLD, PROFILES
-from demo.runner import Runner, StageFailed, format_seconds, log_tail
 from demo.study import MAX_FOLDS, StudyPlan, build_study_stages
 from infra.atomic_io import atomic_write_text
 from infra.errors import UserError, run_main
+from infra.stages import Runner, StageFailed, format_seconds, log_tail
 
 
 def default_device() -> str:

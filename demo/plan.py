@@ -17,8 +17,8 @@ from pathlib import Path
 
 from data.labels import RETINAMNIST_LABELS
 from demo.profiles import DEMO_MODELS, FOLD, NUM_CLASSES, Profile
-from demo.runner import REPO_ROOT, Stage
 from infra.naming import model_tag, sample_folder_name
+from infra.stages import REPO_ROOT, Stage
 
 # The reference's ancestral sampler.
 SAMPLER = "ddpm"

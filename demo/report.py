@@ -31,12 +31,12 @@ from data.validate import read_fold_csv
 from demo.pixels import load_images, pixel_stats
 from demo.plan import RECON_SET, SAMPLER, STUDIED, VARIANTS, Layout, build_stages
 from demo.profiles import FOLD, NUM_CLASSES, PAPER_MODELS, Profile
-from demo.runner import Stage, format_seconds
 from downstream.report import REAL_REFERENCE
 from infra.atomic_io import atomic_save_png, atomic_write, atomic_write_text
 from infra.markdown import markdown_table
 from infra.naming import model_tag
 from infra.plots import Panel, Series, plot_panels
+from infra.stages import Stage, format_seconds
 from infra.templates import render_block
 from training.selection import NOISE_Z
 

@@ -28,11 +28,11 @@ from data.transforms import center_crop_arr
 from data.vae import load_vae
 from data.validate import read_fold_csv
 from demo.pixels import pixel_stats
-from demo.runner import REPO_ROOT
 from diffusion import create_diffusion
 from infra.atomic_io import atomic_save_grid, atomic_write_text
 from infra.checkpoint import find_model
 from infra.plots import Panel, Series, plot_panels
+from infra.stages import REPO_ROOT
 from models import DiT_models
 from synthesis.generate import noise_seed, sample_images
 

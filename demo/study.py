@@ -17,7 +17,7 @@ from pathlib import Path
 
 from demo.plan import STUDIED, VARIANTS, Layout, _classify_command, _data_stage, _vae_stage, build_stages
 from demo.profiles import Profile
-from demo.runner import Stage
+from infra.stages import Stage
 
 # The kinds of the study: OCT enters both tables, fundus (RetinaMNIST layout, fixed splits) Table A only.
 KINDS: tuple[str, ...] = ("oct", "fundus")

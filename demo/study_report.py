@@ -35,12 +35,12 @@ from demo.report import (
     parameter_counts,
     timing_section,
 )
-from demo.runner import REPO_ROOT
 from demo.study import CLASSIFIED_KIND, KINDS, StudyPlan, build_study_stages
 from downstream.significance import paired_test, stars
 from infra.atomic_io import atomic_write_text
 from infra.errors import run_main
 from infra.markdown import markdown_table
+from infra.stages import REPO_ROOT
 from infra.templates import render
 
 TEMPLATE = Path(__file__).with_name("templates") / "study.md"

@@ -14,7 +14,7 @@ import pytest
 from demo import report as demo_report
 from demo.plan import VARIANTS, Layout, build_stages
 from demo.profiles import DEMO_MODELS, FULL, QUICK
-from demo.runner import REPO_ROOT, Runner, Stage, StageFailed, log_tail
+from infra.stages import REPO_ROOT, Runner, Stage, StageFailed, log_tail
 from tests.helpers.stages import assert_stage_commands_parse
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from demo import study_report
 from demo.__main__ import build_parser, study_plan
 from demo.plan import VARIANTS
 from demo.profiles import STUDY, STUDY_QUICK
-from demo.runner import REPO_ROOT
 from demo.study import StudyPlan, build_study_stages, pooled_conditions
 from infra.errors import UserError
+from infra.stages import REPO_ROOT
 from infra.templates import TemplateError, placeholders, render, render_block
 from tests.helpers.stages import assert_stage_commands_parse
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from demo.runner import Stage
+from infra.stages import Stage
 from tests.helpers.flags import assert_flags_applied
 
 # The module whose build_parser() reads each stage's command line.

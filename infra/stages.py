@@ -1,4 +1,7 @@
-"""Run the demo's stages as subprocesses: stream their output, log it, stamp finished stages, stop on a failure.
+"""The project's one stage runner: commands run as subprocesses with their output logged, for `python -m demo`
+(stages with dependencies, stamps and resume) and `make gpu-check` (single commands under a time cap).
+
+Demo and study: run the stages as subprocesses, stream their output, log it, stamp finished stages, stop on a failure.
 
 A stage is one command line of a real entry script. Its output goes to the console and to `{out}/logs/{stage}.log`.
 When it exits with status 0 and its outputs exist, a JSON stamp `{out}/stamps/{stage}.json` records the command, the
@@ -18,6 +21,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,9 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from infra.atomic_io import atomic_write_text
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """infra.atomic_io's, imported when first needed: it imports torch, which the GPU check's interpreter may lack
+    (it reports that instead of failing on import)."""
+    from infra.atomic_io import atomic_write_text as write
+
+    write(path, text)
+
+
 TAIL_LINES = 30
 # Parallel runs: how often finished stages are looked for, and how often the running ones report their progress.
 POLL_S = 0.2
@@ -62,6 +74,17 @@ class Stage:
     def shell(self) -> str:
         """The command as one shell line (what the stamp and the report record)."""
         return shlex.join(self.command)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one command of Runner.run_command ended: exit status (None if killed), seconds, whether the time cap
+    stopped it, its log."""
+
+    returncode: int | None
+    seconds: float
+    timed_out: bool
+    log: Path
 
 
 class StageFailed(RuntimeError):
@@ -99,12 +122,19 @@ class Runner:
         env: extra environment variables of every stage.
         fresh: ignore existing stamps and run every stage again.
         console: where stage output and progress lines are written (bytes).
+        python: the interpreter that runs a command whose first word is "python".
     """
 
     def __init__(
-        self, out: Path, env: dict[str, str] | None = None, fresh: bool = False, console: BinaryIO | None = None
+        self,
+        out: Path,
+        env: dict[str, str] | None = None,
+        fresh: bool = False,
+        console: BinaryIO | None = None,
+        python: str = sys.executable,
     ):
         self.out = Path(out).resolve()
+        self.python = python
         self.stamp_dir = self.out / "stamps"
         self.log_dir = self.out / "logs"
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -153,12 +183,19 @@ class Runner:
 
     def _execute(self, stage: Stage, log_path: Path) -> int:
         """Run the command, copying its output to the console and the log; returns its exit status."""
-        argv = [sys.executable if i == 0 and arg == "python" else arg for i, arg in enumerate(stage.command)]
+        argv = [self.python if i == 0 and arg == "python" else arg for i, arg in enumerate(stage.command)]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
             log.write(f"$ {stage.shell()}\n".encode())
             log.flush()
-            proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 while chunk := os.read(proc.stdout.fileno(), 65536):
                     self.console.write(chunk)
@@ -166,7 +203,7 @@ class Runner:
                     log.write(chunk)
                 return proc.wait()
             except BaseException:
-                _stop(proc)
+                stop_process(proc)
                 raise
             finally:
                 proc.stdout.close()
@@ -307,7 +344,7 @@ class Runner:
                         self.say(f"... {name} ({format_seconds(time.time() - start)}): {tail[-1] if tail else ''}")
         except BaseException:
             for _, proc, log, *_ in running.values():
-                _stop(proc)
+                stop_process(proc)
                 log.close()
             raise
         if failure is not None:
@@ -316,19 +353,56 @@ class Runner:
 
     def _spawn(self, stage: Stage, log_path: Path) -> tuple[subprocess.Popen, BinaryIO]:
         """Start a stage's command with its output going to its log only."""
-        argv = [sys.executable if i == 0 and arg == "python" else arg for i, arg in enumerate(stage.command)]
+        argv = [self.python if i == 0 and arg == "python" else arg for i, arg in enumerate(stage.command)]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "wb")
         log.write(f"$ {stage.shell()}\n".encode())
         log.flush()
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return proc, log
 
+    def run_command(self, argv: Sequence[str], name: str, timeout: float, log_dir: Path | None = None) -> Outcome:
+        """Run one command from the repository root with its output in `{log_dir or out/logs}/{name}.log`, stopped
+        (with its children) after `timeout` seconds: what the GPU check's stages do, many times each."""
+        log = Path(log_dir or self.log_dir) / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        with open(log, "wb") as f:
+            f.write(f"$ {shlex.join(argv)}\n".encode())
+            f.flush()
+            proc = subprocess.Popen(
+                list(argv), cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+            try:
+                rc, timed_out = proc.wait(timeout=max(timeout, 1.0)), False
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
+                rc, timed_out = proc.returncode, True
+            except BaseException:
+                stop_process(proc)
+                raise
+        return Outcome(rc, time.time() - start, timed_out, log)
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate a stage's process, killing it if it does not exit within 10 s."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    def rel(self, path: Path) -> str:
+        """`path` relative to the output folder when inside it."""
+        try:
+            return str(Path(path).relative_to(self.out))
+        except ValueError:
+            return str(path)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """End a child started in its own session together with its children (torchrun's or accelerate's workers):
+    TERM to the group, then KILL after 10 s."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
