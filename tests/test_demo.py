@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,24 @@ def test_full_demo_passes_every_acceptance_check(tmp_path):
     verdicts = [r for r in rows if r[0] != "check"]
     assert len(verdicts) >= 8, section
     assert [v for v in verdicts if v[3].strip() != "pass"] == [], section
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_run_command_stops_a_command_and_its_children_at_the_cap(tmp_path):
+    """The GPU check's use of the runner: a command past its time cap is stopped with the children it started."""
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(60)"
+    )
+    runner = Runner(tmp_path, console=Console())
+    outcome = runner.run_command([sys.executable, "-c", code], "capped", timeout=3)
+    assert outcome.timed_out and outcome.returncode != 0 and outcome.seconds < 30
+    assert "started" in outcome.log.read_text()
+    child = Path(f"/proc/{int(pid_file.read_text())}/status")
+    time.sleep(0.5)
+    # Gone, or a zombie waiting for a parent that does not reap (PID 1 of some containers): not running either way.
+    assert not child.exists() or "State:\tZ" in child.read_text()
+    done = runner.run_command([sys.executable, "-c", "print('ok')"], "quick", timeout=30)
+    assert (done.returncode, done.timed_out) == (0, False) and done.log == tmp_path / "logs" / "quick.log"
