@@ -460,13 +460,32 @@ def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
     )
 
 
-def _classify_command(p: Profile, lay: Layout, device: str, conditions: list[str]) -> tuple[str, ...]:
+def _classify_command(
+    p: Profile, lay: Layout, device: str, conditions: list[str], folds: tuple[int, ...] | None = None
+) -> tuple[str, ...]:
+    """classify.py on `lay`'s data for `conditions`, on `folds` (default: the layout's fold)."""
+    folds = (lay.fold,) if folds is None else folds
     return (
-        "python", "classify.py", "--data-path", lay.shown(lay.data), "--dataset", lay.dataset, "--folds", str(lay.fold),
+        "python", "classify.py", "--data-path", lay.shown(lay.data), "--dataset", lay.dataset,
+        "--folds", *map(str, folds),
         "--seeds", *map(str, p.cls_seeds), "--arch", "tiny", "--image-size", str(p.image_size),
         "--epochs", str(p.cls_epochs), "--batch-size", str(p.cls_batch), "--lr", str(p.cls_lr), *DEMO_AUGMENTATION,
         "--num-workers", "0", "--device", device, "--out", lay.shown(lay.classify), "--conditions", *conditions,
     )  # fmt: skip
+
+
+def all_conditions(p: Profile, lay: Layout) -> list[str]:
+    """Every classify.py condition of the study: the real-data ones, real + synthetic and synthetic only for each
+    studied set, and, scored only, the validation copies without an augmentation set (GeCA without GHG) and the
+    ceiling of every latent model, the domain VAE's reconstructions of the real validation images (written by
+    reference-recon). A layout whose fold is classify.py's `{fold}` placeholder gives the conditions of every fold."""
+    conditions = ["geometric", "noaug"]
+    for v in STUDIED:
+        folder = lay.shown(lay.sample_folder(v, p))
+        conditions += [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
+    conditions += [f"gan-test:{v.tag}={lay.shown(lay.sample_folder(v, p))}" for v in VARIANTS if v not in STUDIED]
+    conditions.append(f"gan-test:{RECON_SET}={lay.shown(lay.recon_val)}")
+    return conditions
 
 
 def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[Stage], Stage]:
@@ -504,14 +523,7 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
                 resumable=True,
             )
         )
-    conditions = ["geometric", "noaug"]
-    for v in STUDIED:
-        folder = lay.shown(lay.sample_folder(v, p))
-        conditions += [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
-    # Scored only: the validation copies without an augmentation set (GeCA without GHG), and the ceiling of every
-    # latent model, the domain VAE's reconstructions of the real validation images (written by reference-recon).
-    conditions += [f"gan-test:{v.tag}={lay.shown(lay.sample_folder(v, p))}" for v in VARIANTS if v not in STUDIED]
-    conditions.append(f"gan-test:{RECON_SET}={lay.shown(lay.recon_val)}")
+    conditions = all_conditions(p, lay)
     whole = Stage(
         name="classify",
         description=(

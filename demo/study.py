@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from demo.plan import STUDIED, VARIANTS, Layout, _classify_command, _data_stage, _vae_stage, build_stages
+from demo.plan import Layout, _classify_command, _data_stage, _vae_stage, all_conditions, build_stages
 from demo.profiles import Profile
 from infra.stages import Stage
 
@@ -104,30 +104,20 @@ def _shared_stages(plan: StudyPlan, kind: str) -> list[Stage]:
 
 def pooled_conditions(plan: StudyPlan) -> list[str]:
     """classify.py's conditions over every OCT fold: the demo's, with `{fold}` in each sample folder."""
-    lay = plan.layout(CLASSIFIED_KIND, FOLD_PLACEHOLDER)
-    conditions = ["geometric", "noaug"]
-    for v in STUDIED:
-        folder = lay.shown(lay.sample_folder(v, plan.profile))
-        conditions += [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
-    conditions += [
-        f"gan-test:{v.tag}={lay.shown(lay.sample_folder(v, plan.profile))}" for v in VARIANTS if v not in STUDIED
-    ]
-    conditions.append(f"gan-test:VAE-reconstruction={lay.shown(lay.recon_val)}")
-    return conditions
+    return all_conditions(plan.profile, plan.layout(CLASSIFIED_KIND, FOLD_PLACEHOLDER))
 
 
 def _pooled_classify_stage(plan: StudyPlan, fold_stages: list[Stage]) -> Stage:
     lay = plan.layout(CLASSIFIED_KIND, 0)
-    command = list(_classify_command(plan.profile, lay, plan.device, pooled_conditions(plan)))
-    at = command.index("--folds")
-    command[at + 1 : at + 2] = [str(k) for k in plan.folds_of(CLASSIFIED_KIND)]
+    folds = tuple(plan.folds_of(CLASSIFIED_KIND))
+    command = _classify_command(plan.profile, lay, plan.device, pooled_conditions(plan), folds)
     return Stage(
         name=f"{CLASSIFIED_KIND}-classify",
         description=(
             f"Table B: every condition over {plan.folds} fold(s) x {len(plan.profile.cls_seeds)} seed(s) (the "
             "per-fold stages' runs reused), paired t-tests against the baseline by (fold, seed), label fidelity"
         ),
-        command=tuple(command),
+        command=command,
         deps=tuple(s.name for s in fold_stages),
         outputs=(lay.classify / "results.json", lay.classify / "results.md"),
         resumable=True,
