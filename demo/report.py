@@ -530,18 +530,23 @@ def checks_section(lay: Layout, stats: dict[str, dict[str, float]], quick: bool 
     )
 
 
+def wall_seconds(stamps: dict[str, dict]) -> float:
+    """From the first stamped stage's start to the last one's end (0 without stamps)."""
+    ends = [datetime.datetime.fromisoformat(s["finished"]).timestamp() for s in stamps.values()]
+    starts = [end - s["seconds"] for end, s in zip(ends, stamps.values())]
+    return max(ends) - min(starts) if ends else 0.0
+
+
 def timing_section(stages: list[Stage], stamps: dict[str, dict], jobs: int, heading: str = "## 8. Stage times") -> str:
-    rows, total, starts, ends = [], 0.0, [], []
+    rows, total = [], 0.0
     for i, stage in enumerate(stages, 1):
         stamp = stamps.get(stage.name)
         if stamp is None:
             continue
         total += stamp["seconds"]
-        end = datetime.datetime.fromisoformat(stamp["finished"]).timestamp()
-        starts.append(end - stamp["seconds"])
-        ends.append(end)
         rows.append([str(i), f"`{stage.name}`", format_seconds(stamp["seconds"]), stamp["finished"]])
-    wall = part("timing_wall", wall=format_seconds(max(ends) - min(starts))) if ends else ""
+    ran = {s.name: stamps[s.name] for s in stages if s.name in stamps}
+    wall = part("timing_wall", wall=format_seconds(wall_seconds(ran))) if ran else ""
     return part(
         "timing",
         heading=heading,

@@ -34,6 +34,7 @@ from demo.report import (
     panels,
     parameter_counts,
     timing_section,
+    wall_seconds,
 )
 from demo.study import CLASSIFIED_KIND, KINDS, StudyPlan, build_study_stages
 from downstream.significance import paired_test, stars
@@ -322,13 +323,6 @@ def git_commit() -> str:
     except OSError:
         return "unknown"
     return out.stdout.strip() or "unknown"
-
-
-def wall_seconds(stamps: dict[str, dict]) -> float:
-    """From the first stage's start to the last one's end."""
-    ends = [datetime.datetime.fromisoformat(s["finished"]).timestamp() for s in stamps.values()]
-    starts = [e - s["seconds"] for e, s in zip(ends, stamps.values())]
-    return max(ends) - min(starts) if ends else 0.0
 
 
 def main(args: argparse.Namespace) -> Path:
