@@ -34,15 +34,22 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from data.datasets import RETINAMNIST_NPZ, RetinaMNISTDataset, fold_csv_path
-from data.select import DATASET_KINDS, pick_dataset
+from data.select import add_dataset_arguments, pick_dataset
 from data.transforms import center_crop_arr
 from data.validate import check_images, read_fold_csv
-from infra.argtypes import image_size_flag
+from infra.argtypes import positive_int
 from infra.atomic_io import atomic_write_text
 from infra.distributed import pick_device
 from infra.errors import UserError, run_main
+from infra.flags import (
+    add_fold_flag,
+    add_image_size_flag,
+    add_inception_weights_flag,
+    add_num_workers_flag,
+    add_tf32_flag,
+)
 from infra.logs import create_logger
-from infra.precision import add_tf32_flag, set_tf32
+from infra.precision import set_tf32
 from infra.seeding import seed_everything
 from infra.tracker import Tracker
 from metrics.dino import dino_transform, load_dino
@@ -485,7 +492,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The reference's flags (docs/REFERENCE.md §3.5) and this project's additions, in three groups."""
     parser = argparse.ArgumentParser(description="KID, LPIPS diversity and FLD generalization gap of a sample folder.")
+    add_input_flags(parser)
+    add_metric_flags(parser)
+    add_run_flags(parser)
+    return parser
+
+
+def add_input_flags(parser: argparse.ArgumentParser) -> None:
+    """The image sets: real and generated folders, the crop size and the fold."""
     parser.add_argument("--real", type=str, required=True, help="real dataset root (holds val_{fold}.csv)")
     parser.add_argument(
         "--gen",
@@ -506,13 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=["cuda:0"],
         help="devices; the first is used (falls back to cpu without CUDA)",
     )
-    parser.add_argument(
-        "--image-size",
-        type=image_size_flag,
-        default=256,
-        help="crop size of the real KID images; the reference allows 128/256/512, any multiple of 8 is accepted here",
-    )
-    parser.add_argument("--fold", type=int, default=0, help="fold of the CSV files")
+    add_image_size_flag(parser)
+    add_fold_flag(parser)
+
+
+def add_metric_flags(parser: argparse.ArgumentParser) -> None:
+    """The metrics: GG's extractor and real images, seeds, weight files, and the VAE reconstructions to compare
+    with."""
     parser.add_argument(
         "--gg_extractor",
         type=str,
@@ -530,12 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ft", nargs="?", const=True, default=False, help="accepted for compatibility with the reference; no effect"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of KID subsets, LPIPS pairing and the FLD fit")
-    parser.add_argument(
-        "--inception-weights",
-        type=str,
-        default=None,
-        help="Inception FID weights: torch-fidelity .pth or fid-helper default_1.pt (default: found automatically)",
-    )
+    add_inception_weights_flag(parser)
     parser.add_argument(
         "--dino-weights",
         type=str,
@@ -564,8 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         "val_syn_{fold}.csv, which classify.py's gan-test:NAME=DIR scores) and real_train/ (default: a folder "
         "'reconstructions' beside --gen)",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--num-workers", type=int, default=4, help="image-decoding workers")
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """How the run goes: batches, workers, outputs, the feature cache, the dataset kind, wandb and TF32."""
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    add_num_workers_flag(parser)
     parser.add_argument(
         "--out",
         type=str,
@@ -574,16 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cache-dir", type=str, default=None, help="feature cache (default: {gen}/.feature_cache)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
-    parser.add_argument(
-        "--dataset",
-        type=str,
-        choices=DATASET_KINDS,
-        default=None,
-        help="dataset kind of --real; by default guessed from the path as the reference does",
-    )
+    add_dataset_arguments(parser, label_columns=False)
     parser.add_argument("--wandb", action="store_true", help="log to wandb (project GeCA-Eval)")
     add_tf32_flag(parser)
-    return parser
 
 
 if __name__ == "__main__":

@@ -31,8 +31,24 @@ from data.vae import encode_latents, load_vae
 from infra.atomic_io import atomic_np_save, atomic_write_text
 from infra.distributed import all_gather_objects, barrier, cleanup_distributed, setup_distributed
 from infra.errors import UserError, run_main
+from infra.flags import (
+    add_ckpt_every_flag,
+    add_epochs_flag,
+    add_fold_flag,
+    add_global_batch_size_flag,
+    add_global_seed_flag,
+    add_image_size_flag,
+    add_log_every_flag,
+    add_model_flag,
+    add_num_classes_flag,
+    add_num_workers_flag,
+    add_results_dir_flag,
+    add_tf32_flag,
+    add_vae_flag,
+    check_flag_values,
+)
 from infra.logs import create_logger
-from infra.precision import add_tf32_flag, set_tf32
+from infra.precision import set_tf32
 from infra.rng import mixed_seed, sample_generators
 from infra.seeding import rank_seed, seed_everything
 from models import DiT_models
@@ -83,15 +99,13 @@ class _FlippedRows(Dataset):
 
 
 def check_args(args: argparse.Namespace, world_size: int) -> None:
-    """Reject bad flag values before any work, naming the flag."""
-    if args.image_size <= 0 or args.image_size % 8 != 0:
-        raise UserError(f"--image-size {args.image_size} must be a positive multiple of 8 (the VAE downsamples by 8)")
+    """Reject bad flag values before any work, naming the flag: each flag's range (checked at parsing, and again
+    here for a Namespace built in code), then the batch's split over the processes."""
+    check_flag_values(build_parser(), args)
     if args.global_batch_size < world_size or args.global_batch_size % world_size != 0:
         raise UserError(
             f"--global-batch-size {args.global_batch_size} must be a multiple of the world size {world_size}"
         )
-    if args.num_workers < 0:
-        raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -166,52 +180,22 @@ def main(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The reference's flags (several accepted without effect, so its command lines run unchanged) and --no-flip."""
     parser = argparse.ArgumentParser(description="Encode a fold's training images into SD-VAE latents.")
     parser.add_argument("--data-path", type=str, required=True, help="dataset root (fold CSVs, or retinamnist_224.npz)")
     parser.add_argument("--features-path", type=str, default="features", help="output folder of the latents")
-    parser.add_argument("--results-dir", type=str, default="results", help="no effect (accepted like the reference)")
-    parser.add_argument(
-        "--model",
-        type=str,
-        choices=list(DiT_models),
-        default="DiT-XL/2",
-        help="no effect (accepted like the reference)",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=256,
-        help="image side in pixels; the reference allows 256/512, any multiple of 8 is accepted here",
-    )
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        default=_NUM_CLASSES_DEFAULT,
-        help="no effect: the label count comes from the dataset; a value other than 1000 must match it",
-    )
-    parser.add_argument("--epochs", type=int, default=1400, help="no effect (accepted like the reference)")
-    parser.add_argument(
-        "--global-batch-size",
-        type=int,
-        default=256,
-        help="images encoded per step over all processes (per process: this // world size)",
-    )
-    parser.add_argument(
-        "--global-seed",
-        type=int,
-        default=0,
-        help="seeds each image's flip and posterior noise by (seed, index), and each rank",
-    )
-    parser.add_argument(
-        "--vae",
-        type=str,
-        default="ema",
-        help="ema | mse (stabilityai/sd-vae-ft-* from the HF cache) or a local AutoencoderKL folder",
-    )
-    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--log-every", type=int, default=100, help="no effect (accepted like the reference)")
-    parser.add_argument("--ckpt-every", type=int, default=50_000, help="no effect (accepted like the reference)")
-    parser.add_argument("--fold", type=int, default=0, help="fold: reads train_{fold}.csv, writes *_{fold}/")
+    add_results_dir_flag(parser, ignored=True)
+    add_model_flag(parser, DiT_models, ignored=True)
+    add_image_size_flag(parser)
+    add_num_classes_flag(parser, default=_NUM_CLASSES_DEFAULT)
+    add_epochs_flag(parser, default=1400, ignored=True)
+    add_global_batch_size_flag(parser)
+    add_global_seed_flag(parser)
+    add_vae_flag(parser)
+    add_num_workers_flag(parser)
+    add_log_every_flag(parser, default=100, ignored=True)
+    add_ckpt_every_flag(parser, default=50_000, ignored=True)
+    add_fold_flag(parser)
     add_dataset_arguments(parser)
     parser.add_argument(
         "--no-flip",

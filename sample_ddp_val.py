@@ -15,6 +15,7 @@ import argparse
 import numpy as np
 
 from infra.errors import UserError, run_main
+from infra.flags import add_in_channels_flag
 from synthesis.cli import add_sampling_args, parse_sampling_args, repeat_labels
 from synthesis.script import run_sampling_script
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_sampling_args(p)
     p.add_argument("--data-path", type=str, required=True, help="raw dataset root with val_{fold}.csv")
-    p.add_argument("--in_channels", type=int, default=4, help="model input channels (3 with --image_space)")
+    add_in_channels_flag(p)
     return p
 
 

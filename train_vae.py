@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,13 +40,24 @@ from data.select import add_dataset_arguments, build_dataset, pick_dataset
 from data.transforms import image_transform, to_uint8
 from data.vae import posterior_sample
 from data.vae import reconstruct as reconstruct_images
-from infra.argtypes import image_size_flag
+from infra.argtypes import number_at_least, positive_int, positive_number
 from infra.atomic_io import atomic_save_grid, atomic_write_text
 from infra.checkpoint import load_checkpoint, save_checkpoint
 from infra.distributed import pick_device
 from infra.errors import UserError, run_main
+from infra.flags import (
+    add_ckpt_every_flag,
+    add_device_flag,
+    add_fold_flag,
+    add_global_seed_flag,
+    add_image_size_flag,
+    add_log_every_flag,
+    add_num_workers_flag,
+    add_tf32_flag,
+    check_flag_values,
+)
 from infra.logs import create_logger
-from infra.precision import add_tf32_flag, set_tf32
+from infra.precision import set_tf32
 from infra.rng import mixed_seed, randn, sample_generators
 from infra.seeding import seed_everything
 
@@ -237,29 +250,19 @@ def write_metrics(path: Path, history: list[list[float]]) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject bad flag values before any work, naming the flag."""
+    """Reject bad flag values before any work, naming the flag: each flag's range (checked at parsing, and again
+    here for a Namespace built in code), then the autoencoder's widths."""
+    check_flag_values(build_parser(), args)
     if len(args.block_out_channels) != 4:
         raise UserError(
             f"--block-out-channels needs 4 widths (4 resolution levels = downsampling by 8, as the SD-VAE the other "
             f"scripts expect), got {args.block_out_channels}"
         )
-    if args.norm_num_groups <= 0 or any(w <= 0 or w % args.norm_num_groups for w in args.block_out_channels):
+    if any(w <= 0 or w % args.norm_num_groups for w in args.block_out_channels):
         raise UserError(
             f"every --block-out-channels width must be a positive multiple of --norm-num-groups "
             f"{args.norm_num_groups} (group normalisation), got {args.block_out_channels}"
         )
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--ckpt-every", args.ckpt_every),
-                        ("--log-every", args.log_every)):  # fmt: skip
-        if value <= 0:
-            raise UserError(f"{flag} must be positive, got {value}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
-    if args.kl_weight < 0:
-        raise UserError(f"--kl-weight must be >= 0, got {args.kl_weight}")
-    if args.num_workers < 0:
-        raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
-    if args.threads is not None and args.threads <= 0:
-        raise UserError(f"--threads must be positive, got {args.threads}")
 
 
 def check_resume(ckpt: dict, args: argparse.Namespace, kind: str, ckpt_path: Path) -> None:
@@ -291,6 +294,27 @@ def main(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = pick_device(0, args.device)
     set_tf32(args.tf32)
+    kind, train_set, val_set = load_data(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logger = create_logger("train_vae", out)
+    logger.info(
+        f"{kind} data, fold {args.fold}: {len(train_set)} training / {len(val_set)} validation images "
+        f"at {args.image_size} px; device {device}, {torch.get_num_threads()} thread(s)"
+    )
+    run = open_run(args, kind, out, device, logger)
+    train_steps(run, train_set, device, logger)
+    scaling = set_scaling_factor(run, train_set, device, logger)
+    return write_report(run, val_set, len(train_set), scaling, device, logger)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The steps of main, in order
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_data(args: argparse.Namespace) -> tuple[str, Dataset, Dataset]:
+    """The dataset kind and the fold's checked training and validation sets."""
     kind = pick_dataset(args.data_path, args.dataset)
     transform = image_transform(args.image_size)
     train_set = build_dataset(kind, args.data_path, "train", args.fold, transform, args.label_columns)
@@ -301,43 +325,74 @@ def main(args: argparse.Namespace) -> dict:
         )
     if len(val_set) == 0:
         raise UserError(f"fold {args.fold} has no validation images (PSNR is measured on them)")
+    return kind, train_set, val_set
 
-    out = Path(args.out)
-    ckpt_path = out / "checkpoints" / "last.pt"
-    out.mkdir(parents=True, exist_ok=True)
-    logger = create_logger("train_vae", out)
-    logger.info(
-        f"{kind} data, fold {args.fold}: {len(train_set)} training / {len(val_set)} validation images "
-        f"at {args.image_size} px; device {device}, {torch.get_num_threads()} thread(s)"
-    )
 
-    # Model and optimiser; a checkpoint in --out is continued.
+@dataclass
+class VaeRun:
+    """The autoencoder being trained, its optimiser and where it stands (all of it saved in checkpoints/last.pt).
+
+    Attributes:
+        vae, opt: the autoencoder and its AdamW optimiser.
+        args: the flags (saved with the checkpoint).
+        kind: the dataset kind (saved, compared on resume).
+        out: the output folder.
+        step: optimiser steps done.
+        history: loss rows (step, loss, l1, kl), one per log.
+        seconds: training seconds so far.
+    """
+
+    vae: AutoencoderKL
+    opt: torch.optim.Optimizer
+    args: argparse.Namespace
+    kind: str
+    out: Path
+    step: int = 0
+    history: list[list[float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.vae.parameters())
+
+    def save_last(self, step: int) -> None:
+        """checkpoints/last.pt at `step`, and metrics.csv."""
+        save_checkpoint(
+            self.ckpt_path,
+            {"model": self.vae.state_dict(), "opt": self.opt.state_dict(), "args": self.args, "dataset": self.kind,
+             "step": step, "history": self.history, "seconds": self.seconds},
+        )  # fmt: skip
+        write_metrics(self.out / "metrics.csv", self.history)
+
+
+def open_run(args: argparse.Namespace, kind: str, out: Path, device: torch.device, logger: logging.Logger) -> VaeRun:
+    """A new autoencoder and optimiser (weights seeded by --global-seed), continued from --out's checkpoint if any."""
     seed_everything(args.global_seed)  # the initial weights
     vae = build_autoencoder(args.block_out_channels, args.norm_num_groups, args.image_size).to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr)
-    num_params = sum(p.numel() for p in vae.parameters())
-    start, history, seconds = 0, [], 0.0
-    if ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        check_resume(ckpt, args, kind, ckpt_path)
+    run = VaeRun(vae, torch.optim.AdamW(vae.parameters(), lr=args.lr), args, kind, out)
+    if run.ckpt_path.is_file():
+        ckpt = load_checkpoint(run.ckpt_path)
+        check_resume(ckpt, args, kind, run.ckpt_path)
         vae.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        start, history, seconds = ckpt["step"], ckpt["history"], ckpt["seconds"]
-        logger.info(f"Continuing {ckpt_path} from step {start}")
+        run.opt.load_state_dict(ckpt["opt"])
+        run.step, run.history, run.seconds = ckpt["step"], ckpt["history"], ckpt["seconds"]
+        logger.info(f"Continuing {run.ckpt_path} from step {run.step}")
     logger.info(
         f"AutoencoderKL widths {tuple(args.block_out_channels)}, {args.norm_num_groups} norm groups: "
-        f"{num_params:,} parameters; latents 4 x {args.image_size // 8} x {args.image_size // 8}"
+        f"{run.num_params:,} parameters; latents 4 x {args.image_size // 8} x {args.image_size // 8}"
     )
+    return run
 
-    def save_last(step: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {"model": vae.state_dict(), "opt": opt.state_dict(), "args": args, "dataset": kind, "step": step,
-             "history": history, "seconds": seconds},
-        )  # fmt: skip
-        write_metrics(out / "metrics.csv", history)
 
-    # Training: batch, flips and posterior noise of step s come from streams keyed by s (exact resume).
+def train_steps(run: VaeRun, train_set: Dataset, device: torch.device, logger: logging.Logger) -> None:
+    """Train from `run.step` to --steps: batch, flips and posterior noise of step s come from streams keyed by s
+    (exact resume); the mean loss is logged every --log-every steps, last.pt written every --ckpt-every and at the
+    end."""
+    vae, opt, args, start = run.vae, run.opt, run.args, run.step
     vae.train()
     loader = DataLoader(
         train_set,
@@ -355,7 +410,7 @@ def main(args: argparse.Namespace) -> dict:
         loss, l1, kl = vae_loss(vae, x, args.kl_weight, g)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at step {step + 1}; the last good checkpoint is {ckpt_path}"
+                f"non-finite loss {loss.item()} at step {step + 1}; the last good checkpoint is {run.ckpt_path}"
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -365,18 +420,24 @@ def main(args: argparse.Namespace) -> dict:
         pbar.update(1)
         if done % args.log_every == 0 or done == args.steps:
             mean = torch.stack(running).mean(0).tolist()
-            history.append([float(done), *mean])
+            run.history.append([float(done), *mean])
             running = []
             pbar.set_postfix(loss=f"{mean[0]:.4f}")
             logger.info(f"(step={done:07d}) loss {mean[0]:.4f} (L1 {mean[1]:.4f}, KL {mean[2]:.1f} per image)")
         if done % args.ckpt_every == 0 or done == args.steps:
-            seconds, tick = seconds + time.time() - tick, time.time()
-            save_last(done)
+            run.seconds, tick = run.seconds + time.time() - tick, time.time()
+            run.save_last(done)
     pbar.close()
     if start < args.steps:
-        logger.info(f"Trained to step {args.steps} in {seconds:.1f} s; checkpoint {ckpt_path}")
+        logger.info(f"Trained to step {args.steps} in {run.seconds:.1f} s; checkpoint {run.ckpt_path}")
 
-    # Scaling factor: unit-variance latents, stored in the config that every script reads.
+
+def set_scaling_factor(
+    run: VaeRun, train_set: Dataset, device: torch.device, logger: logging.Logger
+) -> dict[str, float]:
+    """Unit-variance latents: the scaling factor, stored in the config every script reads; saves the diffusers
+    folder. Returns {"scaling_factor", "latent_std", "latent_mean"}."""
+    vae, args, out = run.vae, run.args, run.out
     vae.eval()
     scaling, latent_std, latent_mean = measure_scaling_factor(
         vae, train_set, args.batch_size, args.num_workers, args.global_seed, device
@@ -386,26 +447,36 @@ def main(args: argparse.Namespace) -> dict:
     logger.info(
         f"Latent std {latent_std:.4f} (mean {latent_mean:.4f}): scaling_factor {scaling:.5f}; saved {out / 'vae'}"
     )
+    return {"scaling_factor": scaling, "latent_std": latent_std, "latent_mean": latent_mean}
 
-    # Validation PSNR from the posterior mean, and the real | reconstruction grid.
-    psnr, real, fake = reconstruct(vae, val_set, args.batch_size, args.num_workers, device)
+
+def write_report(
+    run: VaeRun,
+    val_set: Dataset,
+    num_train: int,
+    scaling: dict[str, float],
+    device: torch.device,
+    logger: logging.Logger,
+) -> dict:
+    """Validation PSNR from the posterior mean, the real | reconstruction grid and vae_report.json; returns the
+    report."""
+    args, out = run.args, run.out
+    psnr, real, fake = reconstruct(run.vae, val_set, args.batch_size, args.num_workers, device)
     atomic_save_grid(torch.cat([real, fake]), out / "reconstructions.png", nrow=len(real))
     report = {
         "psnr_db": float(psnr.mean()),
         "psnr_definition": "mean over validation images of 10 log10(255^2 / MSE), uint8 images, posterior mean",
-        "scaling_factor": scaling,
-        "latent_std": latent_std,
-        "latent_mean": latent_mean,
+        **scaling,
         "steps": args.steps,
-        "params": num_params,
-        "seconds": seconds,
-        "seconds_per_step": seconds / args.steps,
-        "final_loss": history[-1][1] if history else None,
+        "params": run.num_params,
+        "seconds": run.seconds,
+        "seconds_per_step": run.seconds / args.steps,
+        "final_loss": run.history[-1][1] if run.history else None,
         "image_size": args.image_size,
         "latent_shape": [4, args.image_size // 8, args.image_size // 8],
-        "train_images": len(train_set),
+        "train_images": num_train,
         "val_images": len(val_set),
-        "dataset": kind,
+        "dataset": run.kind,
         "fold": args.fold,
         "vae": str(out / "vae"),
     }
@@ -417,19 +488,32 @@ def main(args: argparse.Namespace) -> dict:
     return report
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-path", type=str, required=True, help="dataset root (fold CSVs, or retinamnist_224.npz)")
     add_dataset_arguments(p)
-    p.add_argument("--fold", type=int, default=0, help="fold: trains on train_{fold}.csv, reports on val_{fold}.csv")
-    p.add_argument(
-        "--image-size", type=image_size_flag, default=256, help="image side in pixels, a multiple of 8 (latent: /8)"
-    )
+    add_fold_flag(p)
+    add_image_size_flag(p)
     p.add_argument("--out", type=str, default="results_vae", help="output folder (continued if it holds a checkpoint)")
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps in total (a continued run trains to this)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per optimiser step")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, constant")
-    p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term (per-latent sum) beside L1")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=1000,
+        help="optimiser steps in total (a continued run trains to this)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per optimiser step")
+    p.add_argument("--lr", type=positive_number(), default=2e-3, help="AdamW learning rate, constant")
+    p.add_argument(
+        "--kl-weight",
+        type=number_at_least(0.0),
+        default=1e-6,
+        help="weight of the KL term (per-latent sum) beside L1",
+    )
     p.add_argument(
         "--block-out-channels",
         type=int,
@@ -437,15 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[16, 32, 64, 64],
         help="widths of the 4 resolution levels (downsampling 8)",
     )
-    p.add_argument("--norm-num-groups", type=int, default=16, help="group-norm groups; must divide every width")
-    p.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
-    p.add_argument("--global-seed", type=int, default=0, help="seeds the weights, data order, flips and noise")
     p.add_argument(
-        "--ckpt-every", type=int, default=500, help="write checkpoints/last.pt every N steps (and at the end)"
+        "--norm-num-groups", type=positive_int, default=16, help="group-norm groups; must divide every width"
     )
-    p.add_argument("--log-every", type=int, default=50, help="log the mean loss every N steps (metrics.csv)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the environment's)")
-    p.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    add_num_workers_flag(p)
+    add_global_seed_flag(p)
+    add_ckpt_every_flag(p, default=500)
+    add_log_every_flag(p, default=50)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: the environment's)")
+    add_device_flag(p)
     add_tf32_flag(p)
     return p
 

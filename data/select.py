@@ -62,22 +62,24 @@ def pick_dataset(data_path: str, dataset: str | None = None) -> str:
     )
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --dataset and --label-columns, the flags every script uses to override the path rule."""
+def add_dataset_arguments(parser: argparse.ArgumentParser, label_columns: bool = True) -> None:
+    """Add --dataset and (unless `label_columns` is False) --label-columns, the flags every script uses to override
+    the path rule (the flag builders of `infra.flags` hold the other shared flags)."""
     parser.add_argument(
         "--dataset",
         type=str,
         choices=DATASET_KINDS,
         default=None,
-        help="dataset kind; by default guessed from --data-path as the reference does",
+        help="dataset kind; by default guessed from the data path as the reference does",
     )
-    parser.add_argument(
-        "--label-columns",
-        type=str,
-        nargs="+",
-        default=None,
-        help="label columns of a --dataset csv fold CSV (0/1 each), in order",
-    )
+    if label_columns:
+        parser.add_argument(
+            "--label-columns",
+            type=str,
+            nargs="+",
+            default=None,
+            help="label columns of a --dataset csv fold CSV (0/1 each), in order",
+        )
 
 
 def evaluation_labels(kind: str, data_path: str, fold: int, label_columns: list[str] | None = None) -> np.ndarray:

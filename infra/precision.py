@@ -2,25 +2,13 @@
 
 The reference turns TF32 on for CUDA matmuls and cuDNN convolutions when `extract_features.py` is imported, and so in
 `evaluate.py`, which imports it; its training and sampling scripts do the same (docs/REFERENCE.md §3.1, §3.5). Here
-every script takes `--tf32/--no-tf32` (default on, the reference's setting) and calls `set_tf32` from `main()`, so
-importing a module changes nothing.
+every script takes `--tf32/--no-tf32` (default on, the reference's setting; `infra.flags.add_tf32_flag`) and calls
+`set_tf32` from `main()`, so importing a module changes nothing.
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-
-
-def add_tf32_flag(parser: argparse.ArgumentParser) -> None:
-    """Add `--tf32/--no-tf32` (default on) to an entry script's parser."""
-    parser.add_argument(
-        "--tf32",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="TF32 for CUDA matmuls and cuDNN convolutions (default on, as the reference); no effect on CPU",
-    )
 
 
 def set_tf32(enabled: bool) -> None:

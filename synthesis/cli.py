@@ -10,84 +10,70 @@ from typing import Any
 
 import torch
 
+from data.select import add_dataset_arguments
 from diffusion import create_diffusion
-from infra.argtypes import image_size_flag
+from infra.argtypes import positive_int
 from infra.checkpoint import load_checkpoint, model_weights
 from infra.distributed import DistInfo
 from infra.errors import UserError
+from infra.flags import (
+    add_compile_flag,
+    add_device_flag,
+    add_fold_flag,
+    add_ghg_flag,
+    add_global_seed_flag,
+    add_guidance_flags,
+    add_image_size_flag,
+    add_image_space_flag,
+    add_mixed_precision_flag,
+    add_model_flag,
+    add_num_classes_flag,
+    add_tf32_flag,
+    add_vae_flag,
+)
 from infra.naming import sample_folder_name
-from infra.precision import add_tf32_flag, set_tf32
+from infra.precision import set_tf32
 from infra.rng import keyed_seed
 from infra.run_args import CheckpointArgsError, fill_from_checkpoint, given_flags
 from models import DiT_models
 
-# `--mixed-precision` choices and their autocast dtypes (None: float32, no autocast).
+# Autocast dtypes of the `--mixed-precision` choices (infra.flags.MIXED_PRECISION_CHOICES; None: float32, no autocast).
 AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """Flags common to `sample_ddp.py` and `sample_ddp_val.py` (docs/REFERENCE.md §3.3) and this project's additions."""
-    p.add_argument("--model", type=str, choices=list(DiT_models.keys()), default="DiT-XL/2", help="registry key")
-    p.add_argument(
-        "--vae", type=str, default="ema", help="ema | mse (stabilityai/sd-vae-ft-*) or a local AutoencoderKL folder"
-    )
+    add_model_flag(p, DiT_models)
+    add_vae_flag(p)
     p.add_argument("--sample-dir", type=str, default="samples", help="parent of the sample folder")
-    p.add_argument("--per-proc-batch-size", type=int, default=32, help="images per process per batch")
+    p.add_argument("--per-proc-batch-size", type=positive_int, default=32, help="images per process per batch")
     p.add_argument("--num-fid-samples", type=int, default=50_000, help="no effect (unused by the reference too)")
-    p.add_argument(
-        "--image-size",
-        type=image_size_flag,
-        default=256,
-        help="image side in pixels; the reference allows 256/512, any multiple of 8 is accepted here",
-    )
-    p.add_argument("--num-classes", type=int, default=11, help="label vector length")
-    p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale (>= 1; 1 = off)")
-    p.add_argument("--num-sampling-steps", type=int, default=250, help="respaced diffusion steps")
-    p.add_argument("--global-seed", type=int, default=0, help="image i's noise is seeded by (global seed, i)")
+    add_image_size_flag(p)
+    add_num_classes_flag(p, default=11)
+    add_guidance_flags(p)
+    add_global_seed_flag(p)
     add_tf32_flag(p)
     p.add_argument("--ckpt", type=str, default=None, help="checkpoint from train.py (its EMA weights are used)")
-    p.add_argument("--fold", type=int, default=0, help="fold number")
-    p.add_argument("--expand_ratio", type=int, default=1, help="images per label vector (passes over the labels)")
-    p.add_argument("--image_space", action="store_true", help="the model generates pixels (no VAE)")
+    add_fold_flag(p)
+    p.add_argument(
+        "--expand_ratio", type=positive_int, default=1, help="images per label vector (passes over the labels)"
+    )
+    add_image_space_flag(p)
     p.add_argument(
         "--sampler",
         choices=["ddpm", "ddim"],
         default="ddpm",
         help="ddpm: ancestral sampling (reference); ddim: deterministic, fewer steps, keeps the cell state",
     )
-    p.add_argument(
-        "--ghg",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="GeCA: Gene Heredity Guidance, the cell state carried between denoising steps (default, reference); "
-        "--no-ghg starts every step from a fresh seed cell, output and hidden, as in training (folder suffix "
-        "-noghg). No effect on the samples of non-cellular models (DiT, LDM)",
-    )
-    p.add_argument(
-        "--dataset",
-        choices=["oct", "retinamnist", "csv", "tnbc"],
-        default=None,
-        help="dataset kind (label names); default: guessed from --data-path as the reference does",
-    )
-    p.add_argument("--label-columns", nargs="+", default=None, help="label names of a --dataset csv")
-    p.add_argument("--device", type=str, default=None, help="device (default: CUDA when available, else CPU)")
-    p.add_argument(
-        "--mixed-precision",
-        choices=list(AUTOCAST_DTYPES),
-        default="no",
-        help="autocast of the model call only (outputs back in float32); bf16 or fp16 on CUDA, bf16 on CPU",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model's forward (the first batch compiles; on CPU this needs a C++ compiler)",
-    )
+    add_ghg_flag(p)
+    add_dataset_arguments(p)
+    add_device_flag(p)
+    add_mixed_precision_flag(p)
+    add_compile_flag(p)
 
 
 def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject bad flag values before any work."""
-    if args.cfg_scale < 1.0:
-        p.error(f"--cfg-scale must be >= 1, got {args.cfg_scale}")
+    """Reject a missing checkpoint before any work (each flag's range was checked at parsing)."""
     if args.ckpt is None:
         p.error(
             "--ckpt is required: the reference's fallback downloads an ImageNet DiT-XL/2, which does not fit "
@@ -95,8 +81,6 @@ def check_sampling_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         )
     if not Path(args.ckpt).is_file():
         p.error(f"--ckpt {args.ckpt} does not exist")
-    if args.expand_ratio < 1 or args.per_proc_batch_size < 1:
-        p.error("--expand_ratio and --per-proc-batch-size must be >= 1")
 
 
 def parse_sampling_args(p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:

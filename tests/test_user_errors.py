@@ -98,6 +98,17 @@ def latent_train_argv(ws: dict, image_size: str) -> list[str]:
     return replaced(replaced(argv, "--feature-path", str(ws["features"])), "--image-size", image_size)
 
 
+def checkpoint_with_args(source: Path, target: Path, **changes) -> None:
+    """A copy of checkpoint `source` at `target` whose saved flags have `changes` (values argparse would refuse: a
+    resumed run takes the flags it is not given from there)."""
+    from infra.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    for key, value in changes.items():
+        setattr(checkpoint["args"], key, value)
+    save_checkpoint(target, checkpoint)
+
+
 def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -181,6 +192,14 @@ CASES = [
         lambda ws: train_argv(ws, "--resume", str(write_text(ws["out"] / "junk.pt", "hello"))),
         lambda ws: ["junk.pt"],
         lambda ws: [ws["out"] / "res"],
+    ),
+    Case(
+        "train: resume whose checkpoint holds an out-of-range flag",
+        "train.py",
+        lambda ws: train_argv(ws, "--resume", str(ws["out"] / "bad_lr.pt")),
+        lambda ws: ["argument --lr: must be a number in (0, 1], got 5.0"],
+        lambda ws: [ws["out"] / "res"],
+        lambda ws: checkpoint_with_args(ws["ckpt"], ws["out"] / "bad_lr.pt", lr=5.0),
     ),
     Case(
         "train: results folder that cannot be created",
