@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -101,8 +102,7 @@ def main(args: argparse.Namespace) -> str:
     table = render_table(rows, header)
     print(table)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
+        Path(args.output).write_text(table + "\n")
     return table
 
 

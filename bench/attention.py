@@ -22,28 +22,31 @@ from models.cellular import (
 AttentionFn = Callable[[torch.Tensor, int, int, int, float], torch.Tensor]
 
 
-def impulse_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
-    """The reference's local attention (impulse gather, then 1 x 9 attention), `impulse_local_attention`.
+def on_tokens(grid_attention: Callable[[torch.Tensor, float], torch.Tensor]) -> AttentionFn:
+    """A local attention of the (N, H, W, 3, heads, d) qkv layout as a function of the qkv projection's output.
 
-    Args:
-        qkv: (N, T, 3 * heads * d) output of the qkv projection.
-        height: grid height H.
-        width: grid width W.
-        heads: number of heads.
-        scale: logit scale.
-
-    Returns:
-        (N, T, heads * d).
+    The returned function takes qkv (N, T, 3 * heads * d), the grid height H and width W, the number of heads and the
+    logit scale, and returns (N, T, heads * d).
     """
-    n, tokens, _ = qkv.shape
-    out = impulse_local_attention(qkv.view(n, height, width, 3, heads, -1), scale)  # (N, H, W, heads, d)
-    return out.reshape(n, tokens, -1)
+
+    def attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
+        n, tokens, _ = qkv.shape
+        return grid_attention(qkv.view(n, height, width, 3, heads, -1), scale).reshape(n, tokens, -1)
+
+    return attention
+
+
+# The reference's impulse gather then 1 x 9 attention; this project's overlap views with a hand-written backward;
+# compiled FlexAttention (CUDA only).
+impulse_attention = on_tokens(impulse_local_attention)
+sliced_attention = on_tokens(grid_local_attention)
+flex_attention_variant = on_tokens(flex_grid_local_attention)
 
 
 def autograd_slices_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
     """The shifted-slice local attention as it was before issue 9: padded k, v and autograd through 9 slices.
 
-    Args and returns as `impulse_attention`.
+    Args and returns as the functions of `on_tokens`.
     """
     n, tokens, _ = qkv.shape
     q, k, v = (t.reshape(n, height, width, heads, -1) for t in qkv.chunk(3, dim=-1))  # (N, H, W, heads, d)
@@ -53,20 +56,6 @@ def autograd_slices_attention(qkv: torch.Tensor, height: int, width: int, heads:
     logits = torch.stack([(q * k[:, r : r + height, c : c + width]).sum(-1) for r, c in shifts], dim=-1)
     weights = (logits * scale).softmax(dim=-1)  # (N, H, W, heads, 9)
     out = sum(weights[..., i, None] * v[:, r : r + height, c : c + width] for i, (r, c) in enumerate(shifts))
-    return out.reshape(n, tokens, -1)
-
-
-def sliced_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
-    """This project's `grid_local_attention` (overlap views, hand-written backward). Args as `impulse_attention`."""
-    n, tokens, _ = qkv.shape
-    out = grid_local_attention(qkv.view(n, height, width, 3, heads, -1), scale)  # (N, H, W, heads, d)
-    return out.reshape(n, tokens, -1)
-
-
-def flex_attention_variant(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
-    """`flex_grid_local_attention` (compiled FlexAttention; CUDA only). Args as `impulse_attention`."""
-    n, tokens, _ = qkv.shape
-    out = flex_grid_local_attention(qkv.view(n, height, width, 3, heads, -1), scale)
     return out.reshape(n, tokens, -1)
 
 

@@ -22,29 +22,41 @@ import sys
 import time
 from pathlib import Path
 
+from bench import NUM_CLASSES
+
 # Packages the five stages import; the device command reports the missing ones before any stage starts.
-REQUIRED_PACKAGES = (
-    "torch",
-    "numpy",
-    "diffusers",
-    "accelerate",
-    "timm",
-    "pandas",
-    "sklearn",
-    "PIL",
-    "tqdm",
-    "matplotlib",
-    "pytest",
-)
-# Label vectors of the generated sampling labels: OCT's 11 columns (any multi-hot vectors do for throughput).
-NUM_CLASSES = 11
+REQUIRED_PACKAGES = ("torch", "numpy", "diffusers", "accelerate", "timm", "pandas", "sklearn", "PIL", "tqdm")
+REQUIRED_PACKAGES += ("matplotlib", "pytest")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's object, or {} when it is missing or unreadable (a worker stopped before writing it)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_json(path: str | Path, data: dict) -> None:
     """Replace `path` atomically with `data` as JSON (a reader never sees half a file)."""
-    from infra.atomic_io import atomic_write_text
+    from infra.stages import atomic_write_text
 
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(Path(path), json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_latents(folder: Path, count: int, side: int | None = None, seed: int = 0) -> Path:
+    """Random multi-hot labels `labels_0/{i}.npy` (1, K) int64 and, given `side`, N(0, 1) latents
+    `features_0/{i}.npy` (1, 4, side, side): extract_features.py's layout, which train.py and sample_ddp.py read."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for sub in ["labels_0", *(["features_0"] if side else [])]:
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        if side:
+            np.save(folder / "features_0" / f"{i}.npy", rng.standard_normal((1, 4, side, side)).astype(np.float32))
+        np.save(folder / "labels_0" / f"{i}.npy", (rng.random((1, NUM_CLASSES)) < 0.3).astype(np.int64))
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,64 +136,98 @@ def write_sampling_inputs(work: Path, models: list[str], side: int, tiny_vae: bo
     """The VAE folder (`--vae DIR`) and one random-weight checkpoint per model (`--ckpt`), in `work`."""
     import torch
 
+    from bench.timing import make_model
     from infra.checkpoint import save_checkpoint
-    from models import DiT_models
 
     vae_dir = work / "vae"
     sd_vae_like(tiny_vae).save_pretrained(vae_dir)
     ckpts = {}
     for i, key in enumerate(models):
         torch.manual_seed(i)
-        state = DiT_models[key](input_size=side, num_classes=NUM_CLASSES, in_channels=4).state_dict()
+        state = make_model(key, side).state_dict()
         ckpts[key] = work / "ckpt" / f"{key.replace('/', '-')}.pt"
         save_checkpoint(ckpts[key], {"model": state, "ema": state})
     return vae_dir, ckpts
 
 
-def write_labels(folder: Path, count: int, seed: int = 0) -> Path:
-    """`labels_0/{i}.npy` multi-hot (1, K) int64 files, the layout sample_ddp.py reads from `--data-path`."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    (folder / "labels_0").mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        y = (rng.random((1, NUM_CLASSES)) < 0.3).astype(np.int64)
-        np.save(folder / "labels_0" / f"{i}.npy", y)
-    return folder
-
-
-def sample_argv(key: str, args: argparse.Namespace, batch: int, labels: Path, ckpt: Path, vae: Path) -> list[str]:
+def sample_argv(key: str, args: argparse.Namespace, batch: int, ckpt: Path, vae: Path) -> list[str]:
     """sample_ddp.py's flags for one batch of `batch` images (the paper's command shape, local paths)."""
-    return [
-        "--model",
-        key,
-        "--data-path",
-        str(labels),
-        "--dataset",
-        "oct",
-        "--fold",
-        "0",
-        "--num-classes",
-        str(NUM_CLASSES),
-        "--image-size",
-        str(args.image_size),
-        "--num-sampling-steps",
-        str(args.steps),
-        "--cfg-scale",
-        str(args.cfg_scale),
-        "--per-proc-batch-size",
-        str(batch),
-        "--expand_ratio",
-        "1",
-        "--ckpt",
-        str(ckpt),
-        "--vae",
-        str(vae),
-        "--sample-dir",
-        str(args.work / "samples" / f"{key.replace('/', '-')}-{batch}"),
-        "--device",
-        args.device,
-    ]
+    name = key.replace("/", "-")
+    argv = ["--model", key, "--data-path", str(args.work / "labels" / name), "--dataset", "oct", "--fold", "0"]
+    argv += ["--num-classes", str(NUM_CLASSES), "--image-size", str(args.image_size)]
+    argv += ["--num-sampling-steps", str(args.steps), "--cfg-scale", str(args.cfg_scale)]
+    argv += ["--per-proc-batch-size", str(batch), "--expand_ratio", "1", "--ckpt", str(ckpt), "--vae", str(vae)]
+    return [*argv, "--sample-dir", str(args.work / "samples" / f"{name}-{batch}"), "--device", args.device]
+
+
+def fit_batch(model, latent_shape: tuple, vae, args: argparse.Namespace, tried: list) -> int | None:
+    """The first of `args.batches` whose guided model call and VAE decoding (one respaced step, the per-batch memory
+    pattern) run without running out of memory, or None; each try goes into `tried`."""
+    import torch
+
+    from bench.timing import is_out_of_memory, random_labels
+    from diffusion import create_diffusion
+    from synthesis.generate import noise_seed, sample_images
+
+    for batch in args.batches:
+        labels = random_labels(batch, torch.Generator().manual_seed(0)).to(args.device)
+        seeds = [noise_seed(0, i) for i in range(batch)]
+        try:
+            sample_images(model, create_diffusion("1"), labels, seeds, latent_shape, args.cfg_scale, vae=vae)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            tried.append([batch, "out of memory"])
+            torch.cuda.empty_cache()
+            continue
+        tried.append([batch, "fits"])
+        return batch
+    return None
+
+
+def measure_denoising(args: argparse.Namespace, key: str, rec: dict, ckpt: Path, vae_dir: Path, vae) -> None:
+    """Into `rec`: the largest batch that fits, then the seconds and peak memory of denoising one batch (no VAE)."""
+    import numpy as np
+    import torch
+
+    import sample_ddp
+    from bench.timing import timed
+    from diffusion import create_diffusion
+    from synthesis.cli import load_sampling_model
+    from synthesis.generate import noise_seed, sample_images
+
+    device = torch.device(args.device)
+    model, latent_shape, _ = load_sampling_model(
+        sample_ddp.parse_args(sample_argv(key, args, 1, ckpt, vae_dir)), device
+    )
+    batch = fit_batch(model, latent_shape, vae, args, rec["tried"])
+    if batch is None:
+        rec["status"] = "out of memory at every batch"
+        return
+    labels_dir = write_latents(args.work / "labels" / key.replace("/", "-"), batch)
+    labels = torch.as_tensor(np.stack(sample_ddp.training_labels(str(labels_dir), 0, NUM_CLASSES))).float().to(device)
+    diffusion, seeds = create_diffusion(str(args.steps)), [noise_seed(0, i) for i in range(batch)]
+    seconds, peak = timed(lambda: sample_images(model, diffusion, labels, seeds, latent_shape, args.cfg_scale), device)
+    rec.update(batch=batch, denoise={"seconds": seconds, "images": batch, "peak_bytes": peak})
+    rec["status"] = "denoising measured"
+
+
+def run_end_to_end(args: argparse.Namespace, key: str, rec: dict, ckpt: Path, vae_dir: Path) -> None:
+    """Into `rec`: sample_ddp.py's main on the fitted batch, its own clock and the wall clock, unless the stage's
+    deadline would cut it short."""
+    import sample_ddp
+
+    needed, left = 1.2 * rec["denoise"]["seconds"] + 5.0, args.deadline_at - time.time()
+    if left < needed:
+        rec["end_to_end"] = {"skipped": f"{left:.0f} s left in the stage cap, about {needed:.0f} s needed"}
+        return
+    argv = sample_argv(key, args, rec["batch"], ckpt, vae_dir)
+    rec["command"] = "python sample_ddp.py " + " ".join(argv)
+    start = time.perf_counter()
+    summary = sample_ddp.main(sample_ddp.parse_args(argv))
+    wall = time.perf_counter() - start
+    rec["end_to_end"] = {"seconds": float(summary["seconds"]), "wall_seconds": wall, "images": summary["images"]}
+    rec["status"] = "ok"
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -193,114 +239,33 @@ def run_sample(args: argparse.Namespace) -> None:
     around it. All denoising runs come before the first end-to-end run, so a stage cut short by its cap still has
     the denoising figure of every model.
     """
-    import numpy as np
     import torch
 
-    import sample_ddp
-    from bench.timing import synchronize
-    from bench.train_probe import is_out_of_memory
     from data.vae import load_vae
-    from diffusion import create_diffusion
-    from synthesis.cli import load_sampling_model
-    from synthesis.generate import noise_seed, sample_images
 
-    device = torch.device(args.device)
+    cuda = args.device.startswith("cuda")
     # TF32 on, as sample_ddp.py's (always on) --tf32 sets it; the end-to-end runs set it again themselves.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     out: dict = {"models": {}, "steps": args.steps, "cfg_scale": args.cfg_scale, "image_size": args.image_size}
-
-    def left() -> float:
-        return args.deadline_at - time.time()
-
-    side = args.image_size // 8
-    vae_dir, ckpts = write_sampling_inputs(args.work, args.models, side, args.tiny_vae)
+    vae_dir, ckpts = write_sampling_inputs(args.work, args.models, args.image_size // 8, args.tiny_vae)
     out["vae"] = {"folder": str(vae_dir), "tiny": args.tiny_vae}
     write_json(args.json, out)
-    vae = load_vae(str(vae_dir), device)
+    vae = load_vae(str(vae_dir), torch.device(args.device))
     out["vae"]["parameters"] = sum(p.numel() for p in vae.parameters())
-
-    # 1. Largest batch that fits (one guided step + decoding, the per-batch memory pattern), then denoising alone.
-    for key in args.models:
-        rec: dict = {"tried": [], "status": "running"}
-        out["models"][key] = rec
-        labels_dir = args.work / "labels" / key.replace("/", "-")
-        probe_args = sample_ddp.parse_args(sample_argv(key, args, 1, labels_dir, ckpts[key], vae_dir))
-        model, latent_shape, _ = load_sampling_model(probe_args, device)
-        for batch in args.batches:
-            labels = (torch.rand(batch, NUM_CLASSES, generator=torch.Generator().manual_seed(0)) < 0.3).float()
-            try:
-                sample_images(
-                    model,
-                    create_diffusion("1"),
-                    labels.to(device),
-                    [noise_seed(0, i) for i in range(batch)],
-                    latent_shape,
-                    args.cfg_scale,
-                    vae=vae,
-                )
-                rec["tried"].append([batch, "fits"])
-                rec["batch"] = batch
-                break
-            except RuntimeError as err:
-                if not is_out_of_memory(err):
-                    raise
-                rec["tried"].append([batch, "out of memory"])
-                torch.cuda.empty_cache()
-        if "batch" not in rec:
-            rec["status"] = "out of memory at every batch"
-            del model
-            torch.cuda.empty_cache()
-            write_json(args.json, out)
-            continue
-        batch = rec["batch"]
-        write_labels(labels_dir, batch)
-        diffusion = create_diffusion(str(args.steps))
-        labels = torch.as_tensor(np.stack(sample_ddp.training_labels(str(labels_dir), 0, NUM_CLASSES)))
-        labels = labels.float().to(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        synchronize(device)
-        t0 = time.perf_counter()
-        sample_images(
-            model, diffusion, labels, [noise_seed(0, i) for i in range(batch)], latent_shape, args.cfg_scale, vae=None
-        )
-        synchronize(device)
-        seconds = time.perf_counter() - t0
-        rec["denoise"] = {
-            "seconds": seconds,
-            "images": batch,
-            "peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
-        }
-        rec["status"] = "denoising measured"
-        del model
-        if device.type == "cuda":
+    for key in args.models:  # 1. the largest batch that fits, then denoising alone
+        out["models"][key] = {"tried": [], "status": "running"}
+        measure_denoising(args, key, out["models"][key], ckpts[key], vae_dir, vae)
+        if cuda:
             torch.cuda.empty_cache()
         write_json(args.json, out)
     del vae
-
-    # 2. sample_ddp.py end to end (VAE decoding and PNG writes included), while the cap leaves time for it.
-    for key in args.models:
-        rec = out["models"][key]
-        if "denoise" not in rec:
-            continue
-        needed = 1.2 * rec["denoise"]["seconds"] + 5.0
-        if left() < needed:
-            rec["end_to_end"] = {"skipped": f"{left():.0f} s left in the stage cap, about {needed:.0f} s needed"}
+    for key in args.models:  # 2. sample_ddp.py end to end (VAE decoding and PNG writes), while the cap leaves time
+        if "denoise" in out["models"][key]:
+            run_end_to_end(args, key, out["models"][key], ckpts[key], vae_dir)
+            if cuda:
+                torch.cuda.empty_cache()
             write_json(args.json, out)
-            continue
-        batch = rec["batch"]
-        labels_dir = args.work / "labels" / key.replace("/", "-")
-        argv = sample_argv(key, args, batch, labels_dir, ckpts[key], vae_dir)
-        rec["command"] = "python sample_ddp.py " + " ".join(argv)
-        t0 = time.perf_counter()
-        summary = sample_ddp.main(sample_ddp.parse_args(argv))
-        wall = time.perf_counter() - t0
-        rec["end_to_end"] = {"seconds": float(summary["seconds"]), "wall_seconds": wall, "images": summary["images"]}
-        rec["status"] = "ok"
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        write_json(args.json, out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,33 +291,24 @@ def perturb_zero_tensors(model, std: float, seed: int) -> int:
     return count
 
 
-def run_fp16(args: argparse.Namespace) -> None:
-    """Stage 5: fp16 autocast against fp32 over the same training steps, then GHG sampling in fp16.
+def compare_training(args: argparse.Namespace, out: dict) -> None:
+    """Into `out`, after every step: the losses of the same training steps in fp16 autocast and in fp32.
 
-    Training: one model, two copies (fp32 with TF32 off; fp16 autocast with a gradient scaler, as accelerate's fp16
-    does), the same batches, timesteps and random draws (the global seed is reset before each step of each copy), and
-    the same optimiser steps (a step the scaler skips is skipped in fp32 too), so the loss difference at every step is
-    the precision's alone. Sampling: Gene Heredity Guidance (guided, cell state
-    carried between timesteps) with the model call under fp16 autocast as `sample_ddp.py --mixed-precision fp16`
-    routes it, every step's sample and cell state checked for NaN and infinity, and the result compared with fp32.
+    One model, two copies (fp32 with TF32 off; fp16 autocast with a gradient scaler, as accelerate's fp16 does), the
+    same batches, timesteps and random draws (the global seed is reset before each step of each copy), and the same
+    optimiser steps, so the loss difference at every step is the precision's alone.
     """
     import torch
 
+    from bench.timing import make_model, random_labels, training_step
     from diffusion import create_diffusion
-    from infra import rng
-    from models import DiT_models
-    from synthesis.cli import configure_model_call
 
-    device = torch.device(args.device)
+    device, side = torch.device(args.device), args.image_size // 8
     # fp32 means fp32: TF32 would round the reference's matrix products to 10 mantissa bits.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    side = args.image_size // 8
-    out: dict = {"model": args.model, "batch": args.batch, "steps": args.steps, "rtol": args.rtol}
-
-    # 1. Training losses, step by step.
     torch.manual_seed(0)
-    m32 = DiT_models[args.model](input_size=side, num_classes=NUM_CLASSES, in_channels=4).to(device).train()
+    m32 = make_model(args.model, side).to(device).train()
     m16 = copy.deepcopy(m32)
     opt32 = torch.optim.AdamW(m32.parameters(), lr=1e-4, weight_decay=0)
     opt16 = torch.optim.AdamW(m16.parameters(), lr=1e-4, weight_decay=0)
@@ -360,71 +316,85 @@ def run_fp16(args: argparse.Namespace) -> None:
     diffusion = create_diffusion(timestep_respacing="")
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 4, side, side, generator=g).to(device)
-    y = (torch.rand(args.batch, NUM_CLASSES, generator=g) < 0.3).float().to(device)
+    y = random_labels(args.batch, g).to(device)
     timesteps = torch.randint(0, diffusion.num_timesteps, (args.steps, args.batch), generator=g)
-    losses32, losses16, skipped = [], [], 0
+    no_scaler = torch.amp.GradScaler(device.type, enabled=False)
+    out.update(losses_fp32=[], losses_fp16=[], scaler_skipped_steps=0)
     for k in range(args.steps):
-        t = timesteps[k].to(device)
+        t, scale = timesteps[k].to(device), scaler.get_scale()
         torch.manual_seed(10_000 + k)
-        with torch.autocast(device.type, dtype=torch.float16):
-            loss = diffusion.training_losses(m16, x, t, {"y": y})["loss"].mean()
-        opt16.zero_grad(set_to_none=True)
-        scale = scaler.get_scale()
-        scaler.scale(loss).backward()
-        scaler.step(opt16)
-        scaler.update()
+        loss = training_step(m16, diffusion, opt16, scaler, x, t, y, torch.float16)
         skip = scaler.get_scale() < scale  # the scaler backs off only when it skipped a step with inf/NaN gradients
-        skipped += int(skip)
-        losses16.append(loss.item())
-
+        out["scaler_skipped_steps"] += int(skip)
+        out["losses_fp16"].append(loss.item())
+        # A scaler skip is its loss-scale calibration, not a rounding error: the fp32 copy skips the same update, so
+        # later steps compare the same trajectory and the gap is the precision's alone.
         torch.manual_seed(10_000 + k)
-        loss = diffusion.training_losses(m32, x, t, {"y": y})["loss"].mean()
-        opt32.zero_grad(set_to_none=True)
-        loss.backward()
-        if not skip:
-            # A scaler skip is its loss-scale calibration, not a rounding error: the fp32 copy skips the same
-            # update, so later steps compare the same trajectory and the gap is the precision's alone.
-            opt32.step()
-        losses32.append(loss.item())
-        out.update(losses_fp32=losses32, losses_fp16=losses16, scaler_skipped_steps=skipped)
+        out["losses_fp32"].append(training_step(m32, diffusion, opt32, no_scaler, x, t, y, update=not skip).item())
         write_json(args.json, out)
 
-    # 2. GHG sampling in fp16 against sample_ddp.py's default float32 call (TF32 on, as its --tf32 sets it).
+
+def ghg_sample(model, sampling, labels, args: argparse.Namespace) -> tuple[dict, object]:
+    """One guided GHG sampling run, every step's sample and cell state checked: (record, final samples)."""
+    import torch
+
+    from infra import rng
+
+    device, side, n = torch.device(args.device), args.image_size // 8, args.ghg_batch
+    gens = rng.sample_generators(list(range(n)), device)
+    z = rng.randn((n, 4, side, side), gens, device)
+    z = torch.cat([z, z])
+    kwargs = {"y": torch.cat([labels, torch.zeros_like(labels)]), "cfg_scale": args.cfg_scale}
+    kwargs["extras"] = model.seed(z, generator=gens)
+    first_bad, max_sample, max_cells = None, 0.0, 0.0
+    loop = sampling.p_sample_loop_progressive(
+        model.forward_with_cfg, z.shape, noise=z, model_kwargs=kwargs, device=device, generator=gens
+    )
+    for i, step in enumerate(loop):
+        sample_max = step["sample"].abs().max().item()
+        cells_max = step["extras"].abs().max().item() if step["extras"] is not None else 0.0
+        if first_bad is None and not (math.isfinite(sample_max) and math.isfinite(cells_max)):
+            first_bad = i
+        max_sample, max_cells = max(max_sample, sample_max), max(max_cells, cells_max)
+    record = {"first_non_finite_step": first_bad, "max_abs_sample": max_sample, "max_abs_cells": max_cells}
+    return record, step["sample"][:n].float()
+
+
+def compare_ghg(args: argparse.Namespace, out: dict) -> None:
+    """Into `out["ghg"]`: GHG sampling with the model call in fp16 autocast (as `sample_ddp.py --mixed-precision
+    fp16` routes it) against sample_ddp.py's default float32 call (TF32 on, as its --tf32 sets it)."""
+    import torch
+
+    from bench.timing import make_model, random_labels
+    from diffusion import create_diffusion
+    from synthesis.cli import configure_model_call
+
+    device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    base = DiT_models[args.model](input_size=side, num_classes=NUM_CLASSES, in_channels=4)
+    base = make_model(args.model, args.image_size // 8)
     redrawn = perturb_zero_tensors(base, std=0.02, seed=0)
     sampling = create_diffusion(str(args.ghg_steps))
-    labels = (torch.rand(args.ghg_batch, NUM_CLASSES, generator=torch.Generator().manual_seed(2)) < 0.3).float()
-    labels = labels.to(device)
+    labels = random_labels(args.ghg_batch, torch.Generator().manual_seed(2)).to(device)
     ghg: dict = {"batch": args.ghg_batch, "steps": args.ghg_steps, "cfg_scale": args.cfg_scale, "redrawn": redrawn}
     finals = {}
-    for precision in ("no", "fp16"):
+    for name, precision in (("fp32", "no"), ("fp16", "fp16")):
         model = configure_model_call(copy.deepcopy(base).to(device).eval(), device.type, precision)
-        gens = rng.sample_generators(list(range(args.ghg_batch)), device)
-        z = rng.randn((args.ghg_batch, 4, side, side), gens, device)
-        z = torch.cat([z, z])
-        kwargs = {"y": torch.cat([labels, torch.zeros_like(labels)]), "cfg_scale": args.cfg_scale}
-        kwargs["extras"] = model.seed(z, generator=gens)
-        first_bad, max_sample, max_cells = None, 0.0, 0.0
-        loop = sampling.p_sample_loop_progressive(
-            model.forward_with_cfg, z.shape, noise=z, model_kwargs=kwargs, device=device, generator=gens
-        )
-        for i, step in enumerate(loop):
-            sample_max = step["sample"].abs().max().item()
-            cells_max = step["extras"].abs().max().item() if step["extras"] is not None else 0.0
-            if first_bad is None and not (math.isfinite(sample_max) and math.isfinite(cells_max)):
-                first_bad = i
-            max_sample, max_cells = max(max_sample, sample_max), max(max_cells, cells_max)
-            finals[precision] = step["sample"][: args.ghg_batch].float()
-        name = "fp32" if precision == "no" else "fp16"
-        ghg[name] = {"first_non_finite_step": first_bad, "max_abs_sample": max_sample, "max_abs_cells": max_cells}
+        ghg[name], finals[name] = ghg_sample(model, sampling, labels, args)
         out["ghg"] = ghg
         write_json(args.json, out)
-    reference = finals["no"].abs().max().item()
-    ghg["fp16_vs_fp32_max_abs_diff_rel"] = (finals["fp16"] - finals["no"]).abs().max().item() / max(reference, 1e-12)
+    reference = finals["fp32"].abs().max().item()
+    ghg["fp16_vs_fp32_max_abs_diff_rel"] = (finals["fp16"] - finals["fp32"]).abs().max().item() / max(reference, 1e-12)
     write_json(args.json, out)
+
+
+def run_fp16(args: argparse.Namespace) -> None:
+    """Stage 5: fp16 autocast against fp32 over the same training steps, then GHG sampling in fp16 (every step's
+    sample and cell state checked for NaN and infinity, the result compared with fp32)."""
+    out = {"model": args.model, "batch": args.batch, "steps": args.steps, "rtol": args.rtol}
+    compare_training(args, out)
+    compare_ghg(args, out)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Peak training memory of GeCA with and without activation checkpointing over the cellular steps.
 
 On CPU each setting runs in a fresh subprocess (`python -m bench.memory ...`, glibc's mmap threshold fixed at
-128 KiB) and reports the growth of its peak resident set size over the resident size just before the forward pass;
-on CUDA it reports the peak allocated memory above the allocation before the forward pass. Each run also returns a
+128 KiB) and reports the growth of its peak resident set size (VmHWM) over the resident size just before the forward
+pass; getrusage's ru_maxrss is not used, as it keeps the parent's resident size at the fork that started the process.
+On CUDA it reports the peak allocated memory above the allocation before the forward pass. Each run also returns a
 few gradient values, so the table can show that checkpointing leaves the gradients unchanged.
 """
 
@@ -11,52 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from bench.timing import Row
+from bench.timing import Row, make_model, random_inputs, reset_peak_resident, resident_bytes, timed
 from infra import rng
 from infra.markdown import format_bytes
-from models import DiT_models
 
 REPO = Path(__file__).resolve().parents[1]
 # Gradient entries compared between settings: small tensors that every step influences.
 PROBE_PARAMS = ("final_layer.linear.bias", "cell_to_embedding.bias")
-
-
-def _status_bytes(field: str) -> int:
-    """A memory field of /proc/self/status ("VmRSS", "VmHWM") in bytes, or 0 where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024  # reported in kB
-    except OSError:
-        pass
-    return 0
-
-
-def reset_peak_resident() -> None:
-    """Restart the peak-RSS mark (VmHWM) of this process from its current size (Linux, /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_resident_bytes() -> int:
-    """Peak resident set size of this process since start or `reset_peak_resident`.
-
-    VmHWM belongs to this process image. getrusage's ru_maxrss is not used: it keeps the parent's resident size at
-    the fork that started the process, which would hide the child's own peak.
-    """
-    return _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss in KiB
 
 
 def measure(key: str, batch: int, segments: int, side: int, device: torch.device) -> dict:
@@ -73,32 +41,27 @@ def measure(key: str, batch: int, segments: int, side: int, device: torch.device
         Dict with "peak_bytes", "seconds" and "grads" (name -> list of floats).
     """
     torch.manual_seed(0)
-    model = DiT_models[key](input_size=side, num_classes=11, in_channels=4, nca_checkpoint=segments)
+    model = make_model(key, side, nca_checkpoint=segments)
     with torch.no_grad():  # move the zero-initialised gates and projections so every step gets gradients
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     model = model.to(device).train()
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch, 4, side, side, generator=g, device=device)
-    t = torch.randint(0, 1000, (batch,), generator=g, device=device)
-    y = (torch.rand(batch, 11, generator=g, device=device) < 0.3).float()
+    x, t, y = random_inputs(batch, side, device)
     gens = rng.sample_generators(range(batch), device)
+
+    def fwd_bwd() -> None:
+        state = model(x, t, y, generator=gens)
+        state[:, model.in_channels :].square().mean().backward()
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
+        seconds, peak = timed(fwd_bwd, device)
     else:
         reset_peak_resident()
-        base = _status_bytes("VmRSS")
-    start = time.perf_counter()
-    state = model(x, t, y, generator=gens)
-    state[:, model.in_channels :].square().mean().backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = peak_resident_bytes()
-    seconds = time.perf_counter() - start
+        base = resident_bytes()
+        seconds, _ = timed(fwd_bwd, device)
+        peak = resident_bytes("VmHWM")
     params = dict(model.named_parameters())
     grads = {name: params[name].grad.flatten().tolist() for name in PROBE_PARAMS}
     return {"peak_bytes": peak - base, "seconds": seconds, "grads": grads}
@@ -157,21 +120,18 @@ def run_memory(
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
+def main(argv: list[str] | None = None) -> None:
+    """Print one measurement on the CPU as one JSON line."""
     p = argparse.ArgumentParser(description="One measured training forward + backward (used by `python -m bench`).")
     p.add_argument("--model", default="GeCA-S", help="GeCA registry key")
     p.add_argument("--batch", type=int, default=2, help="batch size N")
     p.add_argument("--segments", type=int, default=0, help="nca_checkpoint segments (0 = off)")
     p.add_argument("--side", type=int, default=32, help="latent grid side")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    return p
-
-
-def main(args: argparse.Namespace) -> None:
-    """Print the measurement as one JSON line."""
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(json.dumps(measure(args.model, args.batch, args.segments, args.side, torch.device("cpu"))))
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    main()

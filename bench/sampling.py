@@ -7,16 +7,15 @@ GeCA-S takes many minutes per image on a CPU, so a run may use fewer respaced st
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from bench.timing import Row, synchronize
+from bench import NUM_CLASSES
+from bench.timing import Row, make_model, random_labels, timed
 from diffusion import create_diffusion
 from infra import rng
 from infra.host_syncs import count_host_syncs
-from models import DiT_models
 from synthesis.generate import sample_images
 
 
@@ -33,31 +32,22 @@ class SamplingSpec:
 
 def host_syncs_per_step(device: torch.device, steps: int = 3) -> int:
     """Host syncs made by the ancestral sampling loop of a guided GeCA-T over `steps` steps (expected: 0)."""
-    model = DiT_models["GeCA-T"](input_size=8, num_classes=11, in_channels=4).to(device).eval()
+    model = make_model("GeCA-T", 8).to(device).eval()
     diffusion = create_diffusion(str(steps))
     gens = rng.sample_generators([0, 1], device)
     z = torch.cat([rng.randn((2, 4, 8, 8), gens, device)] * 2)
-    y = torch.zeros(4, 11, device=device)
+    y = torch.zeros(4, NUM_CLASSES, device=device)
     kwargs = {"y": y, "cfg_scale": 1.5, "extras": model.seed(z, generator=gens)}
     with torch.no_grad(), count_host_syncs() as counts:
         diffusion.p_sample_loop(model.forward_with_cfg, z.shape, noise=z, model_kwargs=kwargs, generator=gens)
     return sum(counts.values())
 
 
-def time_sampling(spec: SamplingSpec, device: torch.device, model: torch.nn.Module | None = None) -> float:
+def time_sampling(spec: SamplingSpec, device: torch.device, model: torch.nn.Module) -> float:
     """Seconds of one `sample_images` call for `spec` (latents only, no VAE decoding)."""
-    if model is None:
-        model = DiT_models[spec.model](input_size=spec.side, num_classes=11, in_channels=4).to(device).eval()
-    g = torch.Generator(device=device).manual_seed(0)
-    labels = (torch.rand(spec.batch, 11, generator=g, device=device) < 0.3).float()
-    diffusion = create_diffusion(str(spec.steps))
-    synchronize(device)
-    start = time.perf_counter()
-    sample_images(
-        model, diffusion, labels, list(range(spec.batch)), (4, spec.side, spec.side), cfg_scale=spec.cfg_scale
-    )
-    synchronize(device)
-    return time.perf_counter() - start
+    labels = random_labels(spec.batch, torch.Generator(device=device).manual_seed(0))
+    diffusion, seeds, shape = create_diffusion(str(spec.steps)), list(range(spec.batch)), (4, spec.side, spec.side)
+    return timed(lambda: sample_images(model, diffusion, labels, seeds, shape, cfg_scale=spec.cfg_scale), device)[0]
 
 
 def run_sampling(specs: list[SamplingSpec], device: torch.device, repeats: int = 1) -> list[Row]:
@@ -73,8 +63,8 @@ def run_sampling(specs: list[SamplingSpec], device: torch.device, repeats: int =
     """
     rows = []
     for spec in specs:
-        model = DiT_models[spec.model](input_size=spec.side, num_classes=11, in_channels=4).to(device).eval()
-        time_sampling(SamplingSpec(spec.model, spec.batch, 1, spec.side, spec.cfg_scale), device, model)
+        model = make_model(spec.model, spec.side).to(device).eval()
+        time_sampling(replace(spec, steps=1), device, model)
         seconds = sorted(time_sampling(spec, device, model) for _ in range(repeats))[repeats // 2]
         per_step = seconds / spec.steps
         rate = spec.batch / (250 * per_step)

@@ -13,10 +13,9 @@ from unittest import mock
 import torch
 
 import models.geca
-from bench.timing import Row, format_time, paired_ratio, time_interleaved
+from bench.timing import Row, format_time, make_model, paired_ratio, random_inputs, time_interleaved, timed
 from infra import rng
 from infra.markdown import format_bytes
-from models import DiT_models
 
 
 def identity_attention(qkv: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -55,12 +54,9 @@ def run_step(
     Returns:
         Rows for the full step and the dense-only step, with the ratio full / dense.
     """
-    model = DiT_models[key](input_size=side, num_classes=11, in_channels=4).to(device).train()
+    model = make_model(key, side).to(device).train()
     model.steps = 1
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch, 4, side, side, generator=g, device=device)
-    t = torch.randint(0, 1000, (batch,), generator=g, device=device)
-    y = (torch.rand(batch, 11, generator=g, device=device) < 0.3).float()
+    x, t, y = random_inputs(batch, side, device)
     seeds = list(range(batch))
 
     def step() -> None:
@@ -74,27 +70,24 @@ def run_step(
         with attention_replaced_by_identity():
             step()
 
-    names = {"full": f"{key} step", "dense": f"{key} step, attention -> identity (dense layers alone)"}
-    times = time_interleaved({names["full"]: step, names["dense"]: dense_step}, repeats, device)
-    memory = {}
-    if device.type == "cuda":
-        for name, fn in ((names["full"], step), (names["dense"], dense_step)):
-            torch.cuda.reset_peak_memory_stats(device)
-            fn()
-            memory[name] = format_bytes(torch.cuda.max_memory_allocated(device))
-
+    full, dense = f"{key} step", f"{key} step, attention -> identity (dense layers alone)"
+    times = time_interleaved({full: step, dense: dense_step}, repeats, device)
+    cuda = device.type == "cuda"
+    memory = {
+        name: format_bytes(timed(fn, device)[1]) if cuda else "" for name, fn in ((full, step), (dense, dense_step))
+    }
     precision = "fp32" if autocast is None else f"{str(autocast).removeprefix('torch.')} autocast"
     label = f"one cellular step fwd+bwd (N={batch}, {side}x{side}, {precision})"
-    ratio = paired_ratio(times[names["full"]], times[names["dense"]])
+    ratio = paired_ratio(times[full], times[dense])
     return [
         Row(
             label,
-            names["full"],
-            format_time(times[names["full"]]),
+            full,
+            format_time(times[full]),
             f"{ratio:.2f}x the dense layers",
             "<= 1.3x",
             ratio <= 1.3,
-            memory.get(names["full"], ""),
+            memory[full],
         ),
-        Row(label, names["dense"], format_time(times[names["dense"]]), memory=memory.get(names["dense"], "")),
+        Row(label, dense, format_time(times[dense]), memory=memory[dense]),
     ]

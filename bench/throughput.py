@@ -6,28 +6,19 @@ autocast, backward (with a gradient scaler for fp16) and an AdamW update.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-import time
 
 import torch
 
-from bench.timing import Row, synchronize
+from bench.timing import Row, make_model, random_inputs, timed, training_step
 from diffusion import create_diffusion
 from infra.markdown import format_bytes
-from models import DiT_models
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def time_training(
-    key: str,
-    batch: int,
-    precision: str,
-    device: torch.device,
-    steps: int,
-    side: int = 32,
-    nca_checkpoint: int = 0,
+    key: str, batch: int, precision: str, device: torch.device, steps: int, side: int = 32, nca_checkpoint: int = 0
 ) -> tuple[list[float], int, bool]:
     """Seconds of `steps` optimiser steps (after one warm-up step), the peak CUDA memory (0 on CPU).
 
@@ -43,39 +34,22 @@ def time_training(
     Returns:
         (durations in seconds, peak allocated bytes, whether the model is cellular).
     """
-    model = DiT_models[key](input_size=side, num_classes=11, in_channels=4).to(device).train()
+    model = make_model(key, side).to(device).train()
     if model.is_cellular:
         model.nca_checkpoint = nca_checkpoint
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
     diffusion = create_diffusion(timestep_respacing="")
     dtype = PRECISIONS[precision]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch, 4, side, side, generator=g, device=device)
-    y = (torch.rand(batch, 11, generator=g, device=device) < 0.3).float()
+    x, _, y = random_inputs(batch, side, device)
 
     def step() -> None:
         t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
-        amp = contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-        with amp:
-            loss = diffusion.training_losses(model, x, t, {"y": y})["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        training_step(model, diffusion, opt, scaler, x, t, y, dtype)
 
     step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    durations = []
-    for _ in range(steps):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        durations.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return durations, peak, model.is_cellular
+    measured = [timed(step, device) for _ in range(steps)]
+    return [seconds for seconds, _ in measured], max((peak or 0 for _, peak in measured), default=0), model.is_cellular
 
 
 def run_training(

@@ -1,4 +1,4 @@
-"""Timing and reporting helpers shared by the benchmarks.
+"""Timing, measuring and reporting helpers shared by the benchmarks.
 
 The benchmark machine is shared, so single timings are unreliable. Variants are therefore run interleaved (one call
 of each variant per round, the order alternating between rounds) and compared by the median over rounds of their
@@ -7,6 +7,7 @@ per-round time ratio, which cancels slow drifts of the machine's load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from bench import NUM_CLASSES
 from infra.markdown import markdown_table
+from models import DiT_models
 
 
 @dataclass
@@ -41,10 +44,81 @@ class Row:
     memory: str = ""
 
 
+def make_model(key: str, side: int, **kwargs: object) -> torch.nn.Module:
+    """A registry model for `side` x `side` x 4 latents and the benchmarks' label count, on the CPU."""
+    return DiT_models[key](input_size=side, num_classes=NUM_CLASSES, in_channels=4, **kwargs)
+
+
+def random_labels(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """(batch, NUM_CLASSES) float multi-hot labels, each set with probability 0.3, on the generator's device."""
+    return (torch.rand(batch, NUM_CLASSES, generator=generator, device=generator.device) < 0.3).float()
+
+
+def random_inputs(batch: int, side: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded latents x (batch, 4, side, side), timesteps t and labels y of one training batch."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 4, side, side, generator=g, device=device)
+    t = torch.randint(0, 1000, (batch,), generator=g, device=device)
+    return x, t, random_labels(batch, g)
+
+
+def training_step(model, diffusion, opt, scaler, x, t, y, dtype: torch.dtype | None = None, update: bool = True):
+    """One step of train.py's loop: the diffusion loss under autocast to `dtype` (None: float32), backward through
+    the gradient scaler, then (unless `update` is False) the optimiser step and the scaler's update.
+
+    Returns:
+        The loss.
+    """
+    with contextlib.nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype):
+        loss = diffusion.training_losses(model, x, t, {"y": y})["loss"].mean()
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if update:
+        scaler.step(opt)
+        scaler.update()
+    return loss
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so a timer sees the work (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, int | None]:
+    """Seconds of one call of `fn` (the device synchronised around it) and its peak CUDA allocation (None on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return seconds, int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA out-of-memory, whether raised as such or wrapped by a library (cuBLAS/cuDNN allocation failures)."""
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text
+
+
+def resident_bytes(field: str = "VmRSS") -> int:
+    """A memory field of /proc/self/status in bytes (VmRSS: resident now, VmHWM: peak), or 0 where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":")), 0)  # in kB
+    except OSError:
+        return 0
+
+
+def reset_peak_resident() -> None:
+    """Restart the peak-RSS mark (VmHWM) of this process from its current size (Linux, /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def time_interleaved(
@@ -64,15 +138,11 @@ def time_interleaved(
     for fn in variants.values():
         for _ in range(warmup):
             fn()
-    synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            variants[name]()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(variants[name], device)[0])
     return times
 
 
@@ -96,18 +166,7 @@ def load_average() -> str:
 
 def render_table(rows: list[Row], header: list[str]) -> str:
     """A markdown table of the rows, preceded by `header` lines (each prefixed with '# ')."""
-    lines = [f"# {line}" for line in header]
     cols = ["benchmark", "variant", "time / rate", "ratio", "target", "met", "peak memory"]
-    cells = [
-        [
-            r.benchmark,
-            r.variant,
-            r.time,
-            r.ratio,
-            r.target,
-            "" if r.met is None else ("yes" if r.met else "NO"),
-            r.memory,
-        ]
-        for r in rows
-    ]
-    return "\n".join([*lines, markdown_table(cols, cells, padded=True)])
+    met = {None: "", True: "yes", False: "NO"}
+    cells = [[r.benchmark, r.variant, r.time, r.ratio, r.target, met[r.met], r.memory] for r in rows]
+    return "\n".join([*(f"# {line}" for line in header), markdown_table(cols, cells, padded=True)])

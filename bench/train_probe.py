@@ -15,7 +15,6 @@ and multiplied by the global batch: every counted operation is linear in the bat
 from __future__ import annotations
 
 import argparse
-import json
 import runpy
 import sys
 import time
@@ -23,25 +22,22 @@ from pathlib import Path
 
 import torch
 
-from infra.atomic_io import atomic_write_text
+from bench.gpu_workers import write_json
+from bench.timing import is_out_of_memory, resident_bytes
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
 
 def peak_memory(device_type: str) -> dict:
     """Peak memory of this process so far: CUDA allocator peaks on a GPU, peak resident set size (VmHWM) on CPU."""
-    if device_type == "cuda":
+    if device_type != "cuda":
         return {
-            "kind": "cuda allocated",
-            "peak_bytes": int(torch.cuda.max_memory_allocated()),
-            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "memory_kind": "cpu resident (VmHWM)",
+            "peak_bytes": resident_bytes("VmHWM"),
+            "peak_reserved_bytes": None,
         }
-    try:
-        with open("/proc/self/status") as f:
-            hwm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
-    except OSError:
-        hwm = 0
-    return {"kind": "cpu resident (VmHWM)", "peak_bytes": hwm, "peak_reserved_bytes": None}
+    peaks = {"peak_bytes": torch.cuda.max_memory_allocated(), "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
+    return {"memory_kind": "cuda allocated", **{k: int(v) for k, v in peaks.items()}}
 
 
 def training_step_flops(train_args: argparse.Namespace, device: torch.device) -> int:
@@ -74,12 +70,6 @@ def training_step_flops(train_args: argparse.Namespace, device: torch.device) ->
     return int(counter.get_total_flops()) * train_args.global_batch_size
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """CUDA out-of-memory, whether raised as such or wrapped by a library (cuBLAS/cuDNN allocation failures)."""
-    text = str(err).lower()
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text
-
-
 def main(argv: list[str]) -> int:
     """Run train.py with the flags after `--`, then write the probe's JSON; returns train.py's exit status."""
     if "--" not in argv:
@@ -105,14 +95,14 @@ def main(argv: list[str]) -> int:
         result["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         status = 3 if result["oom"] else 1
     result["train_seconds"] = time.time() - start
-    result["memory"] = peak_memory(device_type)
+    result.update(peak_memory(device_type))
     if device_type == "cuda":
         result["device_name"] = torch.cuda.get_device_name()
     if status == 0 and not ours.no_flops:
         if device_type == "cuda":
             torch.cuda.empty_cache()
         result["flops_per_step"] = training_step_flops(train_args, torch.device(device_type))
-    atomic_write_text(ours.probe_json, json.dumps(result, indent=2) + "\n")
+    write_json(ours.probe_json, result)
     return status
 
 

@@ -2,7 +2,8 @@
 
 The dry run is the check's only test without a GPU, so it never rots: every stage must finish with status ok and
 every figure of the report is recomputed here from the files the stages left (train.py's metrics.csv, the sampled
-PNGs) or from an independent FLOP count.
+PNGs) or from an independent FLOP count. The GPU-only paths (accelerate launch, --compile rows, out of memory, MFU,
+the targets, the GPU-mode REPORT.md) run in-process against scripted stage commands at GPU sizes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -133,3 +137,258 @@ def test_without_a_gpu_one_line_and_exit_0(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and "no CUDA GPU" in lines[0]
     assert not out.exists()  # nothing written where there is nothing to measure
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The GPU-only paths without a GPU: the stages at GPU sizes against scripted commands, and the report they render
+# ----------------------------------------------------------------------------------------------------------------
+
+GIB = 2**30
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+class ScriptedRunner:
+    """Runner.run_command's stand-in: writes what each stage's command would leave, from GPU-like figures.
+
+    `oom`: train.py batches that run out of memory; `timeout`: (batch, compiled) bursts stopped at the cap;
+    `rate`: steps/s of a burst from (batch, compiled).
+    """
+
+    def __init__(self, out: Path, oom=(), timeout=(), rate=None) -> None:
+        from infra.stages import Runner
+
+        self.runner = Runner(out, python="python")
+        self.out, self.python, self.rel = self.runner.out, "python", self.runner.rel
+        self.oom, self.timeout = set(oom), set(timeout)
+        self.rate = rate or (lambda batch, compiled: (3.0 if compiled else 2.5) * 128 / batch)
+        self.commands: list[list[str]] = []
+
+    def run_command(self, cmd, name, timeout, log_dir=None):
+        from infra.stages import Outcome
+
+        cmd = list(cmd)
+        self.commands.append(cmd)
+        log = self.out / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"$ {' '.join(cmd)}\nlast line of {name}\n")
+        rc, timed_out = 0, False
+        if "pytest" in cmd:
+            xml = Path(next(a for a in cmd if a.startswith("--junitxml=")).split("=", 1)[1])
+            cases = '<testcase classname="tests.a" name="test_flex" time="1.5"/><testcase classname="b" name="c"/>'
+            xml.write_text(f"<testsuites><testsuite>{cases}</testsuite></testsuites>")
+        elif "--output" in cmd:
+            Path(_flag(cmd, "--output")).write_text(
+                "# GeCA benchmarks\n| benchmark | variant |\n|---|---|\n| a | b |\n"
+            )
+        elif "--probe-json" in cmd:
+            rc, timed_out = self._train(cmd)
+        elif "sample" in cmd:
+            Path(_flag(cmd, "--json")).write_text(json.dumps(SAMPLE_JSON))
+        elif "fp16" in cmd:
+            Path(_flag(cmd, "--json")).write_text(json.dumps(FP16_JSON))
+        return Outcome(None if timed_out else rc, 1.0, timed_out, log)
+
+    def _train(self, cmd: list[str]) -> tuple[int, bool]:
+        batch, compiled = int(_flag(cmd, "--global-batch-size")), "--compile" in cmd
+        if (batch, compiled) in self.timeout:
+            return 0, True
+        if batch in self.oom:
+            probe = {"oom": True, "error": "OutOfMemoryError: CUDA out of memory"}
+            Path(_flag(cmd, "--probe-json")).write_text(json.dumps(probe))
+            return 3, False
+        metrics = Path(_flag(cmd, "--results-dir")) / "000-GeCA-S" / "metrics.csv"
+        metrics.parent.mkdir(parents=True)
+        rows = [f"{step},1.0,{self.rate(batch, compiled)}" for step in range(1, 41)]
+        metrics.write_text("\n".join(["step,loss,steps_per_sec", *rows]) + "\n")
+        probe = {"oom": False, "error": None, "peak_bytes": 40 * GIB, "peak_reserved_bytes": 42 * GIB}
+        probe.update(memory_kind="cuda allocated", flops_per_step=int(0.53e12) * batch)
+        Path(_flag(cmd, "--probe-json")).write_text(json.dumps(probe))
+        return 0, False
+
+
+SAMPLE_JSON = {
+    "models": {
+        key: {
+            "tried": [[32, "out of memory"], [16, "fits"]],
+            "status": "ok",
+            "batch": 16,
+            "denoise": {"seconds": seconds, "images": 16, "peak_bytes": 6 * GIB},
+            "command": f"python sample_ddp.py --model {key}",
+            "end_to_end": {"seconds": seconds * 1.6, "wall_seconds": seconds * 2, "images": 16},
+        }
+        for key, seconds in (("GeCA-S", 4.0), ("DiT-S/2", 2.0), ("LDM-B", 3.0))
+    },
+    "steps": 250,
+    "cfg_scale": 1.5,
+    "image_size": 256,
+    "vae": {"folder": "vae", "tiny": False, "parameters": 83653863},
+}
+FP16_JSON = {
+    "model": "GeCA-S",
+    "batch": 32,
+    "steps": 20,
+    "rtol": 0.01,
+    "losses_fp32": [1.0 - 0.01 * k for k in range(20)],
+    "losses_fp16": [(1.0 - 0.01 * k) * (1 + 1e-4) for k in range(20)],
+    "scaler_skipped_steps": 1,
+    "ghg": {
+        "batch": 8,
+        "steps": 250,
+        "cfg_scale": 1.5,
+        "redrawn": 16,
+        "fp32": {"first_non_finite_step": None, "max_abs_sample": 3.2, "max_abs_cells": 20.0},
+        "fp16": {"first_non_finite_step": None, "max_abs_sample": 3.2, "max_abs_cells": 20.1},
+        "fp16_vs_fp32_max_abs_diff_rel": 1e-3,
+    },
+}
+H200_FACTS = {"name": "NVIDIA H200", "cuda": True, "memory_bytes": 150_106_849_280, "capability": "9.0"}
+H200_FACTS.update(torch="2.9.0", cuda_runtime="12.8", python="3.11.7", missing_packages=[])
+
+
+def gpu_context(tmp_path: Path, runner: ScriptedRunner, stages=STAGES):
+    """A GPU-mode run of `stages` (GPU sizes and caps, an H200's facts) against the scripted runner."""
+    import argparse
+
+    from bench import gpu_check
+
+    args = gpu_check.build_parser().parse_args(["--out", str(tmp_path / "out"), "--stages", *stages])
+    report = gpu_check.open_report(args, gpu_check.GPU_SIZES, H200_FACTS)
+    assert isinstance(args, argparse.Namespace) and report.mode == "gpu"
+    work = tmp_path / "work"
+    work.mkdir()
+    return gpu_check.Context(args, gpu_check.GPU_SIZES, runner, work, report)
+
+
+def test_gpu_mode_report_from_scripted_stages(tmp_path, capsys):
+    from bench import gpu_check
+    from bench.gpu_report import render_report
+
+    ctx = gpu_context(tmp_path, ScriptedRunner(tmp_path / "out"))
+    assert gpu_check.run_stages(ctx) == 0
+    report = json.loads((ctx.report.out / "report.json").read_text())
+    stages = {s["key"]: s for s in report["stages"]}
+    assert {k: s["status"] for k, s in stages.items()} == dict.fromkeys(STAGES, "ok") and report["complete"]
+    # Stage 3: batch 128 fits, then 32, then both with --compile through accelerate launch; MFU on the H200's peak.
+    runs = stages["train"]["data"]["runs"]
+    assert [(r["batch"], r["compile"], r["status"]) for r in runs] == [
+        (128, False, "ok"),
+        (32, False, "ok"),
+        (128, True, "ok"),
+        (32, True, "ok"),
+    ]
+    assert runs[0]["steps_per_sec"] == pytest.approx(2.5) and runs[0]["images_per_sec"] == pytest.approx(320)
+    assert runs[0]["mfu"] == pytest.approx(0.53e12 * 128 * 2.5 / (H200_PEAK_TFLOPS * 1e12))
+    train_commands = [c for c in ctx.runner.commands if "--probe-json" in c]
+    assert all(c[1:4] == ["-m", "accelerate.commands.launch", "--num_processes"] for c in train_commands)
+    assert ["--compile" in c for c in train_commands] == [False, False, True, True]
+    assert all("--mixed-precision" not in c and _flag(c, "--mixed_precision") == "fp16" for c in train_commands)
+    assert (
+        stages["train"]["headline"] == "largest batch that fits: 128; batch 128: 2.5 steps/s, 320 images/s, MFU 17.1%"
+    )
+    # Targets: both measured on the GPU and met.
+    assert [(t["measured"], t["met"]) for t in report["targets"]] == [
+        ("2.50 steps/s on H200 SXM", "yes"),
+        ("0.400 s/image (VAE decode included)", "yes"),
+    ]
+    assert stages["sample"]["notes"][:3] == [f"{k}: batch 32 out of memory" for k in ("GeCA-S", "DiT-S/2", "LDM-B")]
+    # REPORT.md is report.json rendered: the template's prose and every value, no dry-run note.
+    markdown = (ctx.report.out / "REPORT.md").read_text()
+    assert markdown == render_report(report)
+    assert "- device: NVIDIA H200, 139.80 GiB, compute capability 9.0; torch 2.9.0 (CUDA runtime 12.8)" in markdown
+    assert "- mode: GPU\n" in markdown and "H200 SXM dense fp16/bf16 tensor peak 989.4 TFLOP/s" in markdown
+    assert "| 128 | yes | ok | 3 | 384 | 40.00 GiB | 67.8 | 204 | 20.6% |" in markdown
+    assert "(blocks 128/256/512/512, 2 layers, 83,653,863 parameters) saved to a folder" in markdown
+    assert "- steps/s: train.py's own per-step timing (metrics.csv, --log-every 1) over steps 11-40, after 10 " in (
+        markdown
+    )
+    assert "dry run" not in markdown and "$" not in markdown
+    for stage in report["stages"]:
+        assert f"## {stage['title']}\n\nstatus: **ok**, 0 s of a {stage['cap_s']:.0f} s cap\n\n" in markdown
+    assert "| 1. pytest -m gpu | ok |" in capsys.readouterr().out
+
+
+def test_train_stage_out_of_memory_and_the_cap(tmp_path):
+    from bench import gpu_check
+
+    runner = ScriptedRunner(tmp_path / "out", oom={128, 96}, timeout={(64, True)})
+    ctx = gpu_context(tmp_path, runner, stages=["train"])
+    rep = ctx.report.stages["train"]
+    gpu_check.stage_train(ctx, rep, time.time() + 150)
+    runs = [(r["batch"], r["compile"], r["status"]) for r in rep.data["runs"]]
+    assert runs == [
+        (128, False, "out of memory"),
+        (96, False, "out of memory"),
+        (64, False, "ok"),
+        (32, False, "ok"),
+        (64, True, "timed out"),
+        (32, True, "ok"),
+    ]
+    assert rep.data["largest_batch"] == 64 and rep.status == "timed out"
+    assert rep.headline.startswith("largest batch that fits: 64; batch 64: 5 steps/s")
+    assert "batch 64 --compile: timed out: " in rep.notes
+    targets = json.loads((ctx.report.out / "report.json").read_text())["targets"]
+    assert targets[0]["measured"] == "not measured (see stage 3)"  # batch 128 ran out of memory
+
+
+def test_resume_keeps_finished_stages_and_missing_packages_exit_2(tmp_path, monkeypatch):
+    from bench import gpu_check, gpu_workers
+
+    out = tmp_path / "out"
+    ctx = gpu_context(tmp_path, ScriptedRunner(out), stages=["pytest"])
+    gpu_check.run_stages(ctx)
+    args = gpu_check.build_parser().parse_args(["--out", str(out), "--resume"])
+    kept = gpu_check.open_report(args, gpu_check.GPU_SIZES, H200_FACTS).stages
+    assert kept["pytest"].status == "ok" and kept["pytest"].data["passed"] == 2 and kept["bench"].status == "not run"
+
+    facts = {**gpu_workers.device_facts(query_cuda=False), "missing_packages": ["timm", "diffusers"]}
+    monkeypatch.setattr(gpu_workers, "device_facts", lambda query_cuda: facts)
+    args = gpu_check.build_parser().parse_args(["--dry", "--out", str(out), "--work", str(tmp_path / "w")])
+    assert gpu_check.main(args) == 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped"] == "missing Python packages: timm, diffusers" and not report["complete"]
+    assert "; stopped: missing Python packages: timm, diffusers" in (out / "REPORT.md").read_text()
+
+
+def test_sigterm_leaves_a_partial_report(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bench.gpu_check", "--dry", "--stages", "pytest", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and '"status": "running"' not in _read(out / "report.json"):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted by SIGTERM" in stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped"] == "interrupted by SIGTERM" and report["stages"][0]["status"] == "interrupted"
+    assert "; stopped: interrupted by SIGTERM" in (out / "REPORT.md").read_text()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_stages_whose_worker_wrote_nothing(tmp_path):
+    from bench import gpu_check
+    from bench.gpu_report import render_stage
+
+    class Silent(ScriptedRunner):
+        def run_command(self, cmd, name, timeout, log_dir=None):
+            outcome = super().run_command(["true"], name, timeout)
+            return type(outcome)(1, 1.0, False, outcome.log)  # exit 1, no JSON left
+
+    ctx = gpu_context(tmp_path, Silent(tmp_path / "out"), stages=["sample", "fp16"])
+    for key in ("sample", "fp16"):
+        rep = ctx.report.stages[key]
+        getattr(gpu_check, f"stage_{key}")(ctx, rep, time.time() + 60)
+        assert rep.status == "failed" and rep.notes[-1] == f"worker exit 1; $ true / last line of {key}"
+        assert render_stage(asdict(rep)).startswith(f"## {rep.title}\n\nstatus: **failed**")
+    assert "VAE: not built (see the log)" in ctx.report.stages["sample"].notes
+    assert ctx.report.stages["fp16"].headline == "no losses; GHG fp16 not run"

@@ -150,7 +150,7 @@ def test_sampling_loop_makes_no_host_syncs():
 
 
 def test_bench_quick_run_prints_one_table(tmp_path):
-    # `python -m bench` as a user runs it (tests never import bench/).
+    # `python -m bench` as a user runs it, in a fresh process.
     out = tmp_path / "table.md"
     command = [sys.executable, "-m", "bench", "--quick", "--sections", "attention", "step", "--output", str(out)]
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
