@@ -44,25 +44,15 @@ def _polyline_points(
     return start[None, :] + np.cumsum(steps, axis=0)
 
 
-def draw_fundus(grade: int, size: int, seed: np.random.SeedSequence) -> np.ndarray:
-    """One fundus-like photograph of diabetic-retinopathy `grade` (0..4).
-
-    Args:
-        grade: RetinaMNIST class.
-        size: image side S in pixels.
-        seed: the image's seed sequence (anatomy and lesions use separate streams).
+def _fundus_background(
+    base: np.random.Generator, yy: np.ndarray, xx: np.ndarray, r: np.ndarray, S: int
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Orange-red fundus with vignetting, choroidal texture and a darker macula.
 
     Returns:
-        (S, S, 3) uint8 RGB image.
+        (image (S, S, 3) float, side (+1/-1: which side the optic disc is on), disc centre (y, x), macula centre).
     """
-    base, les, noise = _streams(seed, 3)
-    S = size
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
     c = np.array([S / 2, S / 2])
-    radius = 0.47 * S
-    r = np.sqrt((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / radius
-
-    # Background: orange-red fundus with vignetting, choroidal texture and a darker macula.
     tint = np.array([0.85, 0.36, 0.14]) * base.uniform(0.85, 1.1, 3)
     texture = 1 + 0.08 * gaussian_filter(base.standard_normal((S, S)), S / 30)
     img = tint[None, None, :] * (1 - 0.45 * r[:, :, None] ** 2) * texture[:, :, None]
@@ -71,8 +61,13 @@ def draw_fundus(grade: int, size: int, seed: np.random.SeedSequence) -> np.ndarr
     macula = c + np.array([base.uniform(-0.03, 0.03), -side * base.uniform(0.02, 0.06)]) * S
     dm = np.sqrt((yy - macula[0]) ** 2 + (xx - macula[1]) ** 2) / (0.12 * S)
     img *= (1 - 0.35 * np.exp(-(dm**2)))[:, :, None]
+    return img, side, disc, macula
 
-    # Vessel tree: four arcades leaving the optic disc around the macula, each with two branches.
+
+def _paint_vessels_and_disc(
+    img: np.ndarray, base: np.random.Generator, yy: np.ndarray, xx: np.ndarray, side: float, disc: np.ndarray, S: int
+) -> np.ndarray:
+    """Vessel tree (four arcades leaving the optic disc around the macula, each with two branches), then the disc."""
     points, widths = [], []
     for k, angle in enumerate((-0.6, 0.6, np.pi + 0.6, np.pi - 0.6)):
         toward = angle if side < 0 else np.pi - angle
@@ -91,9 +86,20 @@ def draw_fundus(grade: int, size: int, seed: np.random.SeedSequence) -> np.ndarr
     img = _paint(img, vessels, (0.5, 0.1, 0.06), 0.85)
     dd = np.sqrt((yy - disc[0]) ** 2 + (xx - disc[1]) ** 2) / (0.075 * S)
     img = _paint(img, np.clip(1.2 - dd, 0, 1), (1.0, 0.88, 0.6))
-    img = _paint(img, np.clip(1.0 - 2.2 * dd, 0, 1), (1.0, 0.97, 0.85))
+    return _paint(img, np.clip(1.0 - 2.2 * dd, 0, 1), (1.0, 0.97, 0.85))
 
-    # Lesions growing with the grade, scattered over the posterior pole.
+
+def _paint_lesions(
+    img: np.ndarray,
+    les: np.random.Generator,
+    grade: int,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    disc: np.ndarray,
+    macula: np.ndarray,
+    S: int,
+) -> np.ndarray:
+    """Lesions growing with the grade, scattered over the posterior pole (neovascular tufts near the disc)."""
     micro, haem, exud, cotton, tufts = _LESIONS_PER_GRADE[grade] + les.integers(0, 2, 5) * (
         _LESIONS_PER_GRADE[grade] > 0
     )
@@ -122,9 +128,33 @@ def draw_fundus(grade: int, size: int, seed: np.random.SeedSequence) -> np.ndarr
             (0.55, 0.08, 0.08),
             0.9,
         )
+    return img
 
-    # Camera: black outside the field of view, slight blur and noise.
-    img *= np.clip((1 - r) * S * 0.5, 0, 1)[:, :, None]
+
+def _camera(img: np.ndarray, noise: np.random.Generator, r: np.ndarray, S: int) -> np.ndarray:
+    """Black outside the field of view, slight blur and noise; (S, S, 3) uint8."""
+    img = img * np.clip((1 - r) * S * 0.5, 0, 1)[:, :, None]
     img = gaussian_filter(img, sigma=(max(S / 256, 0.4), max(S / 256, 0.4), 0))
     img = img + noise.normal(0.0, 0.015, img.shape)
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def draw_fundus(grade: int, size: int, seed: np.random.SeedSequence) -> np.ndarray:
+    """One fundus-like photograph of diabetic-retinopathy `grade` (0..4).
+
+    Args:
+        grade: RetinaMNIST class.
+        size: image side S in pixels.
+        seed: the image's seed sequence (anatomy and lesions use separate streams).
+
+    Returns:
+        (S, S, 3) uint8 RGB image.
+    """
+    base, les, noise = _streams(seed, 3)
+    S = size
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
+    r = np.sqrt((yy - S / 2) ** 2 + (xx - S / 2) ** 2) / (0.47 * S)
+    img, side, disc, macula = _fundus_background(base, yy, xx, r, S)
+    img = _paint_vessels_and_disc(img, base, yy, xx, side, disc, S)
+    img = _paint_lesions(img, les, grade, yy, xx, disc, macula, S)
+    return _camera(img, noise, r, S)

@@ -106,6 +106,106 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple
     return torch.cat(labels).numpy(), torch.cat(scores).numpy()
 
 
+def _train_loader(
+    cfg: TrainConfig, train_sets: list[FoldCSVDataset], augment: bool, seed: int, num_workers: int, pin: bool
+) -> DataLoader:
+    """The shuffled training loader over the concatenated training sets (its shuffles seeded by `seed`)."""
+    train_tf = classifier_transform(cfg.image_size, cfg.augment if augment else None, cfg.resize)
+    train_ds = ConcatDataset([TransformedDataset(ds, train_tf) for ds in train_sets])
+    return DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+        # Batch norm cannot train on a last batch of one image when the final feature maps are 1x1 (small inputs).
+        drop_last=len(train_ds) % cfg.batch_size == 1,
+    )
+
+
+def _eval_loader(cfg: TrainConfig, ds: Dataset, eval_batch_size: int, num_workers: int, pin: bool) -> DataLoader:
+    """An in-order loader over `ds` with the evaluation transform (no augmentation)."""
+    return DataLoader(
+        TransformedDataset(ds, classifier_transform(cfg.image_size, None, cfg.resize)),
+        eval_batch_size,
+        num_workers=num_workers,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    pin: bool,
+    desc: str,
+) -> float:
+    """One pass over the training loader; returns the mean training loss per image."""
+    model.train()
+    total, count = 0.0, 0
+    for images, targets in tqdm(loader, desc=desc, leave=False):
+        images, targets = images.to(device, non_blocking=pin), targets.to(device, non_blocking=pin)
+        loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(images)
+        count += len(images)
+    return total / max(count, 1)
+
+
+def _fit(
+    cfg: TrainConfig,
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    device: torch.device,
+    pin: bool,
+    logger: logging.Logger | None,
+    desc: str,
+) -> tuple[list[dict], dict[str, torch.Tensor], int, float]:
+    """Train epoch by epoch with the plateau schedule and early stop, keeping the best validation-mAP weights.
+
+    Returns:
+        (history, best weights (CPU state dict), best epoch (1-based), its validation mAP or -inf when every
+        epoch's mAP was NaN).
+    """
+    criterion = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
+    history: list[dict] = []
+    best_state, best_epoch, best_map = None, 0, -math.inf
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc=f"{desc} epochs", leave=False):
+        train_loss = _train_epoch(model, train_loader, criterion, optimizer, device, pin, f"{desc} epoch {epoch}")
+        val_labels, val_scores = predict(model, val_loader, device)
+        val_map = nan_mean(average_precision_per_label(val_labels, val_scores))
+        lr = optimizer.param_groups[0]["lr"]
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_mAP": val_map, "lr": lr})
+        if logger is not None:
+            logger.info(
+                f"{desc} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}, val mAP {val_map:.4f}, lr {lr:.2e}"
+            )
+        score = -math.inf if math.isnan(val_map) else val_map
+        if best_state is None or score > best_map:
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_epoch, best_map = epoch, score
+        if epoch > cfg.plateau_after:
+            scheduler.step(score)
+        if optimizer.param_groups[0]["lr"] < cfg.min_lr:
+            if logger is not None:
+                logger.info(f"{desc} stop after epoch {epoch}: lr {optimizer.param_groups[0]['lr']:.2e} < {cfg.min_lr}")
+            break
+    return history, best_state, best_epoch, best_map
+
+
 def run_training(
     cfg: TrainConfig,
     train_sets: list[FoldCSVDataset],
@@ -142,79 +242,18 @@ def run_training(
     seed_everything(seed)
     num_classes = train_sets[0].labels.shape[1]
     model = build_classifier(cfg.arch, num_classes, weights).to(device)
-    train_tf = classifier_transform(cfg.image_size, cfg.augment if augment else None, cfg.resize)
-    eval_tf = classifier_transform(cfg.image_size, None, cfg.resize)
-    train_ds = ConcatDataset([TransformedDataset(ds, train_tf) for ds in train_sets])
     pin = device.type == "cuda"
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=num_workers,
-        worker_init_fn=_seed_worker,
-        pin_memory=pin,
-        persistent_workers=num_workers > 0,
-        # Batch norm cannot train on a last batch of one image when the final feature maps are 1x1 (small inputs).
-        drop_last=len(train_ds) % cfg.batch_size == 1,
-    )
-
-    def eval_loader(ds: Dataset) -> DataLoader:
-        return DataLoader(
-            TransformedDataset(ds, eval_tf),
-            eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin,
-            persistent_workers=num_workers > 0,
-        )
-
-    val_loader = eval_loader(val)
-    criterion = nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
-    )
-
-    history: list[dict] = []
-    best_state, best_epoch, best_map = None, 0, -math.inf
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc=f"{desc} epochs", leave=False):
-        model.train()
-        total, count = 0.0, 0
-        for images, targets in tqdm(train_loader, desc=f"{desc} epoch {epoch}", leave=False):
-            images, targets = images.to(device, non_blocking=pin), targets.to(device, non_blocking=pin)
-            loss = criterion(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(images)
-            count += len(images)
-        val_labels, val_scores = predict(model, val_loader, device)
-        val_map = nan_mean(average_precision_per_label(val_labels, val_scores))
-        lr = optimizer.param_groups[0]["lr"]
-        history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_mAP": val_map, "lr": lr})
-        if logger is not None:
-            logger.info(
-                f"{desc} epoch {epoch}/{cfg.epochs}: train loss {total / max(count, 1):.4f}, "
-                f"val mAP {val_map:.4f}, lr {lr:.2e}"
-            )
-        score = -math.inf if math.isnan(val_map) else val_map
-        if best_state is None or score > best_map:
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best_epoch, best_map = epoch, score
-        if epoch > cfg.plateau_after:
-            scheduler.step(score)
-        if optimizer.param_groups[0]["lr"] < cfg.min_lr:
-            if logger is not None:
-                logger.info(f"{desc} stop after epoch {epoch}: lr {optimizer.param_groups[0]['lr']:.2e} < {cfg.min_lr}")
-            break
+    train_loader = _train_loader(cfg, train_sets, augment, seed, num_workers, pin)
+    val_loader = _eval_loader(cfg, val, eval_batch_size, num_workers, pin)
+    history, best_state, best_epoch, best_map = _fit(cfg, model, train_loader, val_loader, device, pin, logger, desc)
 
     model.load_state_dict(best_state)
     if evaluation is val:
         labels, scores = predict(model, val_loader, device)
     else:
-        labels, scores = predict(model, eval_loader(evaluation), device)
+        labels, scores = predict(model, _eval_loader(cfg, evaluation, eval_batch_size, num_workers, pin), device)
     best_val_map = best_map if best_map > -math.inf else float("nan")
-    return RunOutcome(labels, scores, history, best_epoch, best_val_map, best_state, len(train_ds))
+    return RunOutcome(labels, scores, history, best_epoch, best_val_map, best_state, len(train_loader.dataset))
 
 
 def predict_with_state(

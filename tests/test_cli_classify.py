@@ -16,12 +16,12 @@ from sklearn.metrics import average_precision_score, recall_score, roc_auc_score
 
 from classify import build_parser, main
 from data.labels import OCT_LABELS
-from data.phantoms import make_phantom_dataset
 from downstream.classifier import build_classifier
 from downstream.conditions import parse_conditions
 from downstream.splits import load_fold
 from infra.errors import UserError
 from synthesis.annotations import write_annotations
+from tests.helpers.phantom_data import make_phantom_oct
 
 TINY = ["--dataset", "oct", "--arch", "tiny", "--image-size", "32", "--batch-size", "4", "--num-workers", "0"]
 
@@ -72,7 +72,7 @@ pytestmark = pytest.mark.one_thread
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 OCT phantoms at 32 px in 2 folds (shared: tests copy it before changing anything)."""
     root = tmp_path_factory.mktemp("oct_phantoms")
-    make_phantom_dataset(root, kind="oct", num_images=40, folds=2, size=32, seed=0)
+    make_phantom_oct(root, num_images=40, folds=2, size=32, seed=0)
     return root
 
 
@@ -192,8 +192,32 @@ def test_errors_before_training(phantoms, samples, tmp_path):
     _expect_error([*base, "--eval-split", "test"], out, "test_0.csv")
     # Unknown condition syntax.
     _expect_error([*base, "--conditions", "geometric", "synthetic"], out, "--conditions", "synthetic:NAME=DIR")
-    # Impossible protocol values name their flag.
-    _expect_error([*base, "--threshold", "1.5"], out, "--threshold")
+    # Impossible protocol values name their flag: refused by the parser, or by main for a Namespace built in code.
+    args = build_parser().parse_args([*base, "--out", str(out)])
+    args.threshold = 1.5
+    with pytest.raises(UserError, match=r"argument --threshold: must be a number in \(0, 1\), got 1.5"):
+        main(args)
+    assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--threshold", "1.5"], "argument --threshold: must be a number in (0, 1), got 1.5"),
+        (["--lr-factor", "1"], "argument --lr-factor: must be a number in (0, 1), got 1.0"),
+        (["--aug-crop-scale", "0"], "argument --aug-crop-scale: must be a number in (0, 1], got 0.0"),
+        (["--aug-zoom-range", "1"], "argument --aug-zoom-range: must be a number in [0, 1), got 1.0"),
+        (["--aug-jitter", "-0.1"], "argument --aug-jitter: must be a number in [0, 1), got -0.1"),
+        (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+        (["--image-size", "4"], "argument --image-size: must be an integer >= 8, got 4"),
+        (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+    ],
+)
+def test_out_of_range_flags_are_refused_by_the_parser(extra, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--data-path", "d", *extra])
+    assert message in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------

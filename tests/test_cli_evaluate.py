@@ -15,11 +15,11 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 import evaluate
-from data.phantoms import make_phantom_dataset
 from data.validate import read_fold_csv
 from infra.precision import tf32_state
 from metrics.features import pil_to_uint8
 from metrics.inception import fid_helper_weights
+from tests.helpers.phantom_data import make_phantom_fundus, make_phantom_oct
 
 README_COMMAND = [
     "--real", "./oct_multilabel/",
@@ -66,7 +66,7 @@ def make_sample_folder(real, gen, distort: bool, seed: int = 0) -> None:
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "oct_phantom"
-    make_phantom_dataset(root, kind="oct", num_images=16, folds=2, size=64, seed=0)
+    make_phantom_oct(root, num_images=16, folds=2, size=64, seed=0)
     return root
 
 
@@ -142,7 +142,7 @@ def test_missing_weights_leave_other_metrics_running(phantom_root, tmp_path, mon
 
 def test_retinamnist_uses_its_test_split(tmp_path, monkeypatch):
     root = tmp_path / "RetinaMNIST"  # the reference's path rule picks RetinaMNIST
-    make_phantom_dataset(root, kind="fundus", num_images=16, folds=2, size=64, seed=0, retinamnist_npz=True)
+    make_phantom_fundus(root, num_images=16, folds=2, size=64, seed=0, npz=True, test_frac=0.0)
     weights = tmp_path / "stand_in.pt"
     weights.write_bytes(b"stand-in")
     monkeypatch.setattr(evaluate, "load_inception", lambda weights_path, device: StandInInception(str(weights)))

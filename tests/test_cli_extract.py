@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from data.labels import OCT_LABELS
-from extract_features import build_parser, flip_decision, main, sample_seed, shard_indices
+from extract_features import build_parser, check_args, flip_decision, main, sample_seed, shard_indices
 from tests.helpers.phantom_data import make_phantom_fundus, make_phantom_oct, make_tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_retinamnist_one_hot_labels_without_flip(vae_dir, tmp_path):
     assert all(label.shape == (1, 5) and label.sum() == 1 for _, label in pairs.values())
 
 
-def test_bad_input_fails_before_any_work(oct_root, vae_dir, tmp_path):
+def test_bad_input_fails_before_any_work(oct_root, vae_dir, tmp_path, capsys):
     broken = Path(shutil.copytree(oct_root, tmp_path / "data"))
     frame = pd.read_csv(broken / "train_0.csv", index_col=0)
     frame.drop(columns="FLD").to_csv(broken / "train_0.csv")
@@ -173,10 +173,17 @@ def test_bad_input_fails_before_any_work(oct_root, vae_dir, tmp_path):
     assert not out.exists()
     with pytest.raises(ValueError, match="--num-classes 5"):
         main(build_parser().parse_args(_args(oct_root, out, vae_dir, "--num-classes", "5")))
-    with pytest.raises(ValueError, match="--image-size"):
-        main(build_parser().parse_args([*_args(oct_root, out, vae_dir), "--image-size", "30"]))
-    with pytest.raises(ValueError, match="--global-batch-size"):
-        main(build_parser().parse_args([*_args(oct_root, out, vae_dir), "--global-batch-size", "0"]))
+    for flag, value, message in (
+        ("--image-size", "30", "argument --image-size: must be a positive multiple of 8, got 30"),
+        ("--global-batch-size", "0", "argument --global-batch-size: must be an integer >= 1, got 0"),
+        ("--num-workers", "-1", "argument --num-workers: must be an integer >= 0, got -1"),
+    ):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*_args(oct_root, out, vae_dir), flag, value])
+        assert message in capsys.readouterr().err
+    uneven = build_parser().parse_args([*_args(oct_root, out, vae_dir), "--global-batch-size", "4"])
+    with pytest.raises(ValueError, match="--global-batch-size 4 must be a multiple of the world size 3"):
+        check_args(uneven, 3)
     with pytest.raises(ValueError, match="--vae must be one of"):
         main(build_parser().parse_args([*_args(oct_root, out, vae_dir), "--vae", str(tmp_path / "nothing")]))
     with pytest.raises(ValueError, match="--dataset"):

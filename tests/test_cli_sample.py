@@ -20,19 +20,11 @@ import sample_ddp_val
 from infra.checkpoint import load_checkpoint, save_checkpoint
 from models import DiT_models
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
+from tests.helpers.sampling_probes import is_fresh_seed, random_weights, record_starts
 from tests.helpers.threads import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64  # 8 x 8 latents
-
-
-def random_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Move every parameter off its (partly zero) initialisation so outputs depend on the weights."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +238,10 @@ def test_ddim_sampler_carries_cell_state(ws, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1"),
+        (["--cfg-scale", "0.5"], "argument --cfg-scale: must be a finite number >= 1, got 0.5"),
+        (["--cfg-scale", "inf"], "argument --cfg-scale: must be a finite number >= 1, got inf"),
+        (["--expand_ratio", "0"], "argument --expand_ratio: must be an integer >= 1, got 0"),
+        (["--per-proc-batch-size", "-2"], "argument --per-proc-batch-size: must be an integer >= 1, got -2"),
         (["--ckpt", "missing.pt"], "does not exist"),
     ],
 )
@@ -345,30 +340,6 @@ def test_ghg_and_no_ghg_sets_live_side_by_side(ws, tmp_path):
     assert csv[0] == csv[1]  # the same label vectors, only the images differ
 
 
-def _record_starts(model: torch.nn.Module) -> tuple[list, list[torch.Tensor]]:
-    """Spies (the real methods still run): the `extras` each network call gets, and every seed the model draws."""
-    starts: list = []
-    seeds: list[torch.Tensor] = []
-    plain_forward, plain_seed = model.forward, model.seed
-
-    def forward_spy(x, t, y, extras=None, **kw):
-        starts.append(None if extras is None else extras.clone())
-        return plain_forward(x, t, y, extras=extras, **kw)
-
-    def seed_spy(*args, **kw):
-        seeds.append(plain_seed(*args, **kw))
-        return seeds[-1]
-
-    model.forward, model.seed = forward_spy, seed_spy
-    return starts, seeds
-
-
-def _is_fresh_seed(cells: torch.Tensor, out_channels: int) -> bool:
-    """Zero everywhere but the centre cell's output channels, which are all non-zero (a single-cell seed)."""
-    centre = cells[:, :out_channels, 4, 4]
-    return bool(torch.count_nonzero(cells) == torch.count_nonzero(centre) == centre.numel())
-
-
 @pytest.mark.parametrize("cfg_scale", [1.0, 1.5])
 def test_no_ghg_starts_every_step_from_a_fresh_seed(cfg_scale):
     from diffusion import create_diffusion
@@ -378,39 +349,18 @@ def test_no_ghg_starts_every_step_from_a_fresh_seed(cfg_scale):
     labels = torch.zeros(2, 11)
     labels[:, 0] = 1
     first = sample_images(model, create_diffusion("5"), labels, [0, 1], (4, 8, 8), cfg_scale=cfg_scale, ghg=False)
-    starts, seeds = _record_starts(model)
+    starts, seeds = record_starts(model)
     again = sample_images(model, create_diffusion("5"), labels, [0, 1], (4, 8, 8), cfg_scale=cfg_scale, ghg=False)
     assert torch.equal(first, again)  # deterministic from the per-image seeds
     c = model.out_channels
     # One new seed per denoising step, none before the loop; GeCA.forward grows from it (cfg 1: it draws the seed
     # itself because the loop passes no extras; cfg > 1: forward_with_cfg draws it and hands it over).
     assert len(starts) == len(seeds) == 5
-    assert all(_is_fresh_seed(s, c) for s in seeds)  # output AND hidden channels reset every step
+    assert all(is_fresh_seed(s, c) for s in seeds)  # output AND hidden channels reset every step
     assert all(s is None for s in starts) if cfg_scale == 1.0 else all(torch.equal(a, b) for a, b in zip(starts, seeds))
     assert not torch.equal(seeds[1][:, :c, 4, 4], seeds[0][:, :c, 4, 4])  # a new cell each step
     ghg = sample_images(model, create_diffusion("5"), labels, [0, 1], (4, 8, 8), cfg_scale=cfg_scale)
     assert not torch.equal(ghg, first)
-
-
-@pytest.mark.parametrize("ghg", [True, False])
-def test_train_validation_sampling_honours_ghg_flag(ghg):
-    import train
-    from diffusion import create_diffusion
-
-    model = random_weights(DiT_models["GeCA-T"](input_size=8, num_classes=11, in_channels=4), seed=3).eval()
-    flags = ["--model", "GeCA-T", "--num-classes", "11", "--in_channels", "4", "--val-mode", "final"]
-    args = train.build_parser().parse_args([*flags, "--cfg-scale", "1.5", *([] if ghg else ["--no-ghg"])])
-    validator = object.__new__(train.Validator)  # only what _sample reads: no Inception weights, no real images
-    validator.args, validator.net, validator.device, validator.latent_size = args, model, torch.device("cpu"), 8
-    validator.diffusion, validator.vae, validator.real_labels = create_diffusion("4"), None, torch.eye(11)[:2]
-    starts, _ = _record_starts(model)
-    images = validator._sample(model, 0, 2, step=0)
-    assert images.shape == (2, 4, 8, 8) and images.dtype == torch.uint8
-    c = model.out_channels
-    assert len(starts) == 4 and _is_fresh_seed(starts[0], c)
-    # Under GHG the hidden genes of step k are step k+1's; without it every step starts from a fresh seed.
-    assert all(_is_fresh_seed(s, c) for s in starts[1:]) == (not ghg)
-    assert (torch.count_nonzero(starts[-1][:, c:]) > 0) == ghg
 
 
 # ----- the checkpoint's saved flags: sampling needs only --ckpt ------------------------------------------------------

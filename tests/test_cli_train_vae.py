@@ -187,8 +187,6 @@ def test_a_checkpoint_continues_only_its_own_run(run, oct_root, tmp_path):
         (["--block-out-channels", "8", "16", "16"], "--block-out-channels"),
         (["--norm-num-groups", "3"], "--norm-num-groups"),
         (["--batch-size", "9"], "--batch-size"),
-        (["--steps", "0"], "--steps"),
-        (["--kl-weight", "-1"], "--kl-weight"),
         (["--fold", "5"], "val_5.csv|train_5.csv"),
     ],
 )
@@ -197,6 +195,32 @@ def test_bad_flags_fail_before_anything_is_written(oct_root, tmp_path, extra, fl
     with pytest.raises((ValueError, FileNotFoundError), match=flag):
         main(build_parser().parse_args(_argv(oct_root, out, *extra)))
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+        (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0.0"),
+        (["--kl-weight", "-1"], "argument --kl-weight: must be a finite number >= 0, got -1.0"),
+        (["--norm-num-groups", "0"], "argument --norm-num-groups: must be an integer >= 1, got 0"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
+        (["--ckpt-every", "0"], "argument --ckpt-every: must be an integer >= 1, got 0"),
+    ],
+)
+def test_out_of_range_flags_are_refused_by_the_parser(extra, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--data-path", "d", *extra])
+    assert message in capsys.readouterr().err
+
+
+def test_a_namespace_built_in_code_is_range_checked_too(oct_root, tmp_path):
+    args = build_parser().parse_args(_argv(oct_root, tmp_path / "out"))
+    args.steps = 0
+    with pytest.raises(ValueError, match="argument --steps: must be an integer >= 1, got 0"):
+        main(args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_image_size_must_be_a_multiple_of_8(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -232,6 +233,59 @@ def test_report_sections_fill_every_field(tmp_path):
     text = demo_report.training_section(lay, QUICK, models, {m: 1000 for m in models})
     assert f"{QUICK.sampling_steps} DDPM steps" in text  # the value, not the field's name
     assert unfilled_placeholders(text) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image-quality cells: one renderer for REPORT.md (one fold) and STUDY.md's Table A (folds)
+
+
+def test_metric_cell_over_one_fold_and_over_several():
+    kid = {"available": True, "mean_x1e3": 12.34, "se_x1e3": 1.26}
+    gg = {"available": True, "value": -0.456}
+    assert demo_report.metric_cell([{"KID": kid}], "KID") == "12.3 ± 1.3"  # ± its standard error
+    assert (
+        demo_report.metric_cell([{"LPIPS": {"available": True, "mean": 0.5, "std": 0.126}}], "LPIPS") == "0.50 ± 0.13"
+    )
+    assert demo_report.metric_cell([{"GG": gg}], "GG") == "-0.46"
+    two = [{"KID": kid}, {"KID": {**kid, "mean_x1e3": 14.34}}]
+    assert demo_report.metric_cell(two, "KID") == "13.3 ± 1.4"  # mean ± sample standard deviation over folds
+    # NaN (KID as GG): "n/a (NaN)", not "nan ± nan"; a fold without the metric "–"; an unavailable metric "n/a".
+    assert demo_report.metric_cell([{"KID": {**kid, "mean_x1e3": math.nan, "se_x1e3": math.nan}}], "KID") == "n/a (NaN)"
+    assert demo_report.metric_cell([{"GG": {**gg, "value": math.nan}}], "GG") == "n/a (NaN)"
+    assert demo_report.metric_cell([{"KID": kid}, None], "KID") == "–"
+    assert demo_report.metric_cell([{"LPIPS": {"available": False, "reason": "no weights"}}], "LPIPS") == "n/a"
+
+
+def test_quality_section_table_notes_and_kid_verdict(tmp_path):
+    lay = Layout(tmp_path)
+    kids = {
+        "LDM-T": (20.0, 2.0),
+        "DiT-T/2": (21.0, 2.0),
+        "GeCA-T": (40.0, 3.0),
+        "GeCA-T (no GHG)": (math.nan, math.nan),
+    }
+    for v in VARIANTS:
+        mean, se = kids[v.label]
+        kid = {"available": True, "mean": mean / 1e3, "se": se / 1e3, "mean_x1e3": mean, "se_x1e3": se}
+        metrics = {
+            "KID": kid,
+            "KID_recon": kid,
+            "KID_floor": {**kid, "mean_x1e3": 99.0},
+            "LPIPS": {"available": False, "reason": "no AlexNet weights"},
+            "GG": {"available": True, "value": 0.25},
+        }
+        folder = lay.sample_folder(v, QUICK)
+        folder.mkdir(parents=True)
+        (folder / "metrics_0.json").write_text(json.dumps({"metrics": metrics, "counts": {"generated": 8}}))
+    params = {m: 1000 for m in DEMO_MODELS}
+    text = demo_report.quality_section(lay, QUICK, params)
+    assert "| GeCA-T (no GHG) | 1.0K | n/a (NaN) | n/a (NaN) | n/a | 0.25 | – |" in text
+    assert "| VAE reconstruction (floor) | – | 99.0 ± 2.0 | – | – | – | – |" in text
+    assert "- LPIPS unavailable: no AlexNet weights" in text and unfilled_placeholders(text) == []
+    # GeCA-T against each baseline: 19 and 20 points apart with a combined standard error of 3.6, so both pairs
+    # exceed 2 standard errors; the baselines (1 point apart) do not; the NaN row is left out.
+    assert "2 of 3 model differences in KID exceed 2 standard errors" in text
+    assert "LDM-T below GeCA-T by 20.0 (> 7.2); DiT-T/2 below GeCA-T by 19.0 (> 7.2)" in text
 
 
 # ----------------------------------------------------------------------------------------------------------------

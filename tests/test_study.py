@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from data.phantoms import make_phantom_dataset
 from demo import study_report
 from demo.__main__ import build_parser, study_plan
 from demo.plan import VARIANTS
@@ -24,6 +23,7 @@ from demo.study import StudyPlan, build_study_stages, pooled_conditions
 from infra.errors import UserError
 from infra.stages import REPO_ROOT
 from infra.templates import TemplateError, placeholders, render, render_block
+from tests.helpers.phantom_data import make_phantom_fundus, make_phantom_oct
 from tests.helpers.stages import assert_stage_commands_parse
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,28 +110,6 @@ def test_block_templates_render_each_block_alone(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The pooled KID test
-
-
-def test_pooled_difference_equals_an_independent_computation():
-    rng = np.random.default_rng(3)
-    a = [(float(k), float(s)) for k, s in zip(rng.uniform(50, 90, 3), rng.uniform(2, 6, 3))]
-    b = [(float(k), float(s)) for k, s in zip(rng.uniform(50, 90, 3), rng.uniform(2, 6, 3))]
-    d = study_report.pooled_difference(a, b)
-    # By hand: the mean difference's variance is the sum of the per-fold variances over folds squared.
-    diffs = np.array(a)[:, 0] - np.array(b)[:, 0]
-    var = (np.array(a)[:, 1] ** 2 + np.array(b)[:, 1] ** 2).sum() / 9
-    z = diffs.mean() / math.sqrt(var)
-    assert d.diff == pytest.approx(diffs.mean(), rel=1e-12) and d.se == pytest.approx(math.sqrt(var), rel=1e-12)
-    assert d.p_value == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=1e-9)
-    # One fold: the two standard errors combined.
-    one = study_report.pooled_difference([(10.0, 3.0)], [(4.0, 4.0)])
-    assert (one.diff, one.se, one.z) == (6.0, 5.0, 1.2)
-    with pytest.raises(ValueError):
-        study_report.pooled_difference(a, b[:2])
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # STUDY.md on prepared outputs
 
 FOLDS = 3
@@ -151,8 +129,8 @@ def prepare_study(out: Path) -> tuple[StudyPlan, dict, dict]:
     config["cpu_count"] = 2
     out.mkdir(parents=True)
     (out / "study_config.json").write_text(json.dumps(config))
-    make_phantom_dataset(plan.layout("oct", 0).data, "oct", 40, 5, 16, 0, 0.2)
-    make_phantom_dataset(plan.layout("fundus", 0).data, "fundus", 40, 5, 16, 0, 0.2, retinamnist_npz=True)
+    make_phantom_oct(plan.layout("oct", 0).data, 40, 5, 16, 0, test_frac=0.2)
+    make_phantom_fundus(plan.layout("fundus", 0).data, 40, 5, 16, 0, npz=True, test_frac=0.2)
     rng = np.random.default_rng(0)
     centres = {"LDM-T": 60.0, "DiT-T/2": 58.0, "GeCA-T": 30.0, "GeCA-T (no GHG)": 45.0}
     written: dict[str, dict[str, list[dict]]] = {}

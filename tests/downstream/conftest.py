@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 
 from data.labels import OCT_LABELS
-from data.phantoms import make_phantom_dataset
 from synthesis.annotations import write_annotations
+from tests.helpers.phantom_data import make_phantom_oct
 
 
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 OCT phantoms at 16 px in 2 folds (shared: never modify it)."""
     root = tmp_path_factory.mktemp("phantoms")
-    make_phantom_dataset(root, kind="oct", num_images=16, folds=2, size=16, seed=0)
+    make_phantom_oct(root, num_images=16, folds=2, size=16, seed=0)
     return root
 
 

@@ -27,10 +27,17 @@ def make_phantom_oct(
 
 
 def make_phantom_fundus(
-    root: str | Path, num_images: int = 16, folds: int = 2, size: int = 32, seed: int = 0, npz: bool = True
+    root: str | Path,
+    num_images: int = 16,
+    folds: int = 2,
+    size: int = 32,
+    seed: int = 0,
+    npz: bool = True,
+    test_frac: float | None = None,
 ) -> Path:
-    """Write a phantom fundus dataset (label columns '0'..'4'; with `npz`, also retinamnist_224.npz with a test
-    split) to `root` and return it."""
+    """Write a phantom fundus dataset (label columns '0'..'4'; with `npz`, also retinamnist_224.npz) to `root` and
+    return it. `test_frac` defaults to 0.25 with `npz` (the npz gets a test split of its own) and 0 without; with
+    `test_frac=0` the npz's test split is fold 0's validation rows."""
     make_phantom_dataset(
         root,
         "fundus",
@@ -38,7 +45,7 @@ def make_phantom_fundus(
         folds=folds,
         size=size,
         seed=seed,
-        test_frac=0.25 if npz else 0.0,
+        test_frac=(0.25 if npz else 0.0) if test_frac is None else test_frac,
         retinamnist_npz=npz,
     )
     return Path(root)

@@ -1,7 +1,9 @@
 """KID (docs/REFERENCE.md §9.1): formula against NumPy, subset draws and statistics against torchmetrics, behaviour on
-Gaussians."""
+Gaussians; the z-test of KID differences pooled over folds."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ import torch
 from torch import nn
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from metrics.kid import kid, kid_standard_error, mmd2_unbiased, polynomial_kernel
+from metrics.kid import kid, kid_difference, kid_standard_error, mmd2_unbiased, polynomial_kernel
+from training.selection import Validation, within_noise
 
 
 def numpy_kid(real: np.ndarray, fake: np.ndarray, subsets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
@@ -149,3 +152,23 @@ def test_kid_standard_error_predicts_the_spread_of_kid_over_generated_sets():
 def test_kid_standard_error_needs_three_images():
     with pytest.raises(ValueError, match="at least 3"):
         kid_standard_error(torch.randn(5, 4), torch.randn(2, 4))
+
+
+def test_kid_difference_equals_an_independent_computation():
+    rng = np.random.default_rng(3)
+    a = [(float(k), float(s)) for k, s in zip(rng.uniform(50, 90, 3), rng.uniform(2, 6, 3))]
+    b = [(float(k), float(s)) for k, s in zip(rng.uniform(50, 90, 3), rng.uniform(2, 6, 3))]
+    d = kid_difference(a, b)
+    # By hand: the mean difference's variance is the sum of the per-fold variances over folds squared.
+    diffs = np.array(a)[:, 0] - np.array(b)[:, 0]
+    var = (np.array(a)[:, 1] ** 2 + np.array(b)[:, 1] ** 2).sum() / 9
+    z = diffs.mean() / math.sqrt(var)
+    assert d.diff == pytest.approx(diffs.mean(), rel=1e-12) and d.se == pytest.approx(math.sqrt(var), rel=1e-12)
+    assert d.p_value == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=1e-9) and d.folds == 3
+    # One fold: the two standard errors combined, the comparison of --best-rule within-noise.
+    one = kid_difference([(10.0, 3.0)], [(4.0, 4.0)])
+    assert (one.diff, one.se, one.z) == (6.0, 5.0, 1.2)
+    for z_limit in (1.0, 2.0):
+        assert within_noise(Validation(1, 10.0, 3.0), Validation(0, 4.0, 4.0), z_limit) == (one.z <= z_limit)
+    with pytest.raises(ValueError):
+        kid_difference(a, b[:2])
