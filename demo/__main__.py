@@ -55,22 +55,18 @@ def study_plan(args: argparse.Namespace, device: str) -> StudyPlan:
 def main(args: argparse.Namespace) -> int:
     """Run (or continue) the demo or the study; returns the process exit status."""
     device = args.device or default_device()
+    # `target`: where the stamps, logs, config and report go (a StudyPlan or a Layout: .out, .config, .report).
     if args.study:
-        plan = study_plan(args, device)
-        profile, out, report, config_path = plan.profile, plan.out, plan.report, plan.config
-        stages = build_study_stages(plan)
+        target = plan = study_plan(args, device)
+        profile, stages = plan.profile, build_study_stages(plan)
         what = f"GeCA study ({profile.name} profile, {plan.folds} OCT fold(s) x {len(profile.cls_seeds)} seed(s))"
     else:
-        profile = PROFILES["quick" if args.quick else "full"]
-        layout = Layout(Path(args.out).resolve())
-        out, report, config_path = layout.out, layout.report, layout.config
-        stages = build_stages(profile, layout, device)
+        profile, target = PROFILES["quick" if args.quick else "full"], Layout(Path(args.out).resolve())
+        stages = build_stages(profile, target, device)
         what = f"GeCA demo ({profile.name} profile)"
     jobs = args.jobs if args.jobs is not None else default_jobs()
     threads = args.threads or (1 if jobs > 1 else None)
-    env = {}
-    if threads:
-        env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if threads}
     # Idle OpenMP threads spin by default; on a busy machine that slows small operations many times over
     # (docs/PERFORMANCE.md). A value the user set is kept.
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
@@ -87,11 +83,11 @@ def main(args: argparse.Namespace) -> int:
     }
     if args.study:
         config["study_folds"] = args.folds
-    atomic_write_text(config_path, json.dumps(config, indent=1) + "\n")
+    atomic_write_text(target.config, json.dumps(config, indent=1) + "\n")
 
-    runner = Runner(out, env, fresh=args.fresh)
+    runner = Runner(target.out, env, fresh=args.fresh)
     runner.say(
-        f"{what}: {len(stages)} stages into {out}, device {device}, "
+        f"{what}: {len(stages)} stages into {target.out}, device {device}, "
         f"torch threads {config['threads']}, {jobs} stage(s) at a time"
     )
     start = time.time()
@@ -115,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     total = sum(r["seconds"] for r in records)
     runner.say(f"  {'sum of stage times':<{width}}  {format_seconds(total):>12}")
     runner.say(f"  {'wall time of this run':<{width}}  {format_seconds(time.time() - start):>12}")
-    runner.say(f"Report: {report}")
+    runner.say(f"Report: {target.report}")
     return 0
 
 
@@ -126,16 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        default=None,
         help="torch CPU threads of every stage (default: 1 when stages run in parallel, else the environment's)",
     )
     p.add_argument(
         "--jobs",
         type=int,
-        default=None,
         help="stages run at once when their inputs are ready (default: 2 with two or more cores, else 1)",
     )
-    p.add_argument("--device", type=str, default=None, help="device of sampling, metrics, classification")
+    p.add_argument("--device", type=str, help="device of sampling, metrics, classification")
     p.add_argument("--fresh", action="store_true", help="ignore the stamps of an earlier run and redo every stage")
     p.add_argument(
         "--study",

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.labels import RETINAMNIST_LABELS
-from demo.profiles import DEMO_MODELS, FOLD, NUM_CLASSES, Profile
+from demo.profiles import CELLULAR_MODEL, DEMO_MODELS, FOLD, NUM_CLASSES, Profile
 from infra.naming import model_tag, sample_folder_name
 from infra.stages import REPO_ROOT, Stage
 
 # The reference's ancestral sampler.
 SAMPLER = "ddpm"
 GLOBAL_SEED = 0
-# The GHG ablation (fresh seed cell at every denoising step) is sampled for the cellular model only.
-ABLATION_MODEL = "GeCA-T"
+# Seed of the phantom set the study's domain VAE learns from (the study's images use seed 0).
+VAE_CORPUS_SEED = 1
 # Processes of the feature extraction (the reference launches it with torchrun).
 EXTRACT_PROCS = 2
 # Geometric augmentation of the demo's classifiers: phantom B-scans have a fixed orientation, so the protocol's
@@ -52,32 +52,31 @@ class Variant:
         return self.model + ("" if self.ghg else " (no GHG)")
 
 
-# Every synthetic set: one per model, plus GeCA without GHG.
-VARIANTS: tuple[Variant, ...] = (*(Variant(m) for m in DEMO_MODELS), Variant(ABLATION_MODEL, ghg=False))
+# Every synthetic set: one per model, plus the cellular model without GHG (a fresh seed cell at every step).
+VARIANTS: tuple[Variant, ...] = (*(Variant(m) for m in DEMO_MODELS), Variant(CELLULAR_MODEL, ghg=False))
 # The label-fidelity name of the domain VAE's reconstructions of the real validation images.
 RECON_SET = "VAE-reconstruction"
 # The sets that also get an augmentation set and enter the classification study (GeCA without GHG gets a validation
 # copy only: image quality and pixel statistics, within the demo's time budget).
 STUDIED: tuple[Variant, ...] = tuple(v for v in VARIANTS if v.ghg)
-
-
 # Per phantom kind: the product's --dataset value and the number of label columns.
 DATASET_FLAG = {"oct": "oct", "fundus": "retinamnist"}
 NUM_CLASSES_OF = {"oct": NUM_CLASSES, "fundus": len(RETINAMNIST_LABELS)}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Layout:
     """Where each stage writes, under the output folder `out` (absolute).
 
     The demo runs one OCT fold: everything lies under `out`. The study (demo/study.py) runs several folds of each
     phantom kind: `shared` is then the kind's folder, holding what every fold uses (the phantoms, the domain VAE and
     the corpus it learns from, the synthetic sets, whose names carry the fold, and the classification runs), while
-    `out` is the fold's own folder (latents, models, feature cache, reconstructions).
+    `out` is the fold's own folder (latents, models, feature cache, reconstructions). The folders are attributes
+    set from these fields at construction.
 
     Attributes:
         out: the fold's folder (the demo's output folder).
-        fold: the fold every stage runs.
+        fold: the fold every stage runs (the study's pooled conditions use classify.py's "{fold}" placeholder).
         kind: phantom kind, "oct" or "fundus" (RetinaMNIST layout).
         shared: the folder of what the folds share, or None (the demo: `out`).
         vae_corpus: the domain VAE learns from a separate phantom set in `{shared}/data/` (the study, like the
@@ -85,87 +84,33 @@ class Layout:
     """
 
     out: Path
-    fold: int = FOLD
+    fold: int | str = FOLD
     kind: str = "oct"
     shared: Path | None = None
     vae_corpus: bool = False
 
-    @property
-    def base(self) -> Path:
-        """Where the shared outputs live."""
-        return self.out if self.shared is None else self.shared
-
-    @property
-    def dataset(self) -> str:
-        """The scripts' --dataset value."""
-        return DATASET_FLAG[self.kind]
-
-    @property
-    def num_classes(self) -> int:
-        return NUM_CLASSES_OF[self.kind]
+    def __post_init__(self) -> None:
+        base = self.out if self.shared is None else self.shared  # where the shared outputs live
+        self.dataset = DATASET_FLAG[self.kind]  # the scripts' --dataset value
+        self.num_classes = NUM_CLASSES_OF[self.kind]
+        self.data = base / "data" / f"{self.kind}_phantom"
+        # The images the domain VAE learns from (fold FOLD's training split of this dataset).
+        self.vae_data = base / "data" / f"{self.kind}_vae_corpus" if self.vae_corpus else self.data
+        self.vae_run = base / f"vae_{self.kind}"  # train_vae.py's output (checkpoints, reconstructions, report)
+        self.vae = self.vae_run / "vae"  # the trained VAE as a diffusers folder: what `--vae` receives
+        self.synthetic, self.classify = base / "synthetic", base / "classify"
+        self.features, self.feature_cache = self.out / "features", self.out / "feature_cache"
+        self.reconstructions = self.out / "reconstructions"  # evaluate.py --recon-dir: the VAE's reconstructions
+        # The reconstructions of the split the validation copies copy (OCT: val, with their val_syn CSV, scored by
+        # GAN-test; RetinaMNIST: test, PNG files named by index).
+        self.recon_val = self.reconstructions / ("real_test" if self.dataset == "retinamnist" else "real_val")
+        self.assets, self.report = self.out / "report_assets", self.out / "REPORT.md"
+        self.config = self.out / "demo_config.json"
 
     def shown(self, path: Path) -> str:
         """`path` as written in a command: relative to the repository root when inside it."""
         path = Path(path).resolve()
         return str(path.relative_to(REPO_ROOT)) if REPO_ROOT in path.parents else str(path)
-
-    @property
-    def data(self) -> Path:
-        return self.base / "data" / f"{self.kind}_phantom"
-
-    @property
-    def vae_data(self) -> Path:
-        """The images the domain VAE learns from (fold `FOLD`'s training split of this dataset)."""
-        return self.base / "data" / f"{self.kind}_vae_corpus" if self.vae_corpus else self.data
-
-    @property
-    def vae_run(self) -> Path:
-        """train_vae.py's output folder (checkpoints, reconstructions, report)."""
-        return self.base / f"vae_{self.kind}"
-
-    @property
-    def vae(self) -> Path:
-        """The trained VAE as a diffusers folder: what `--vae` receives."""
-        return self.vae_run / "vae"
-
-    @property
-    def features(self) -> Path:
-        return self.out / "features"
-
-    @property
-    def synthetic(self) -> Path:
-        return self.base / "synthetic"
-
-    @property
-    def classify(self) -> Path:
-        return self.base / "classify"
-
-    @property
-    def feature_cache(self) -> Path:
-        return self.out / "feature_cache"
-
-    @property
-    def reconstructions(self) -> Path:
-        """evaluate.py --recon-dir: the domain VAE's reconstructions of the real images."""
-        return self.out / "reconstructions"
-
-    @property
-    def recon_val(self) -> Path:
-        """The reconstructions of the split the validation copies copy (OCT: val, with their val_syn CSV, scored by
-        GAN-test; RetinaMNIST: test, PNG files named by index)."""
-        return self.reconstructions / ("real_test" if self.dataset == "retinamnist" else "real_val")
-
-    @property
-    def assets(self) -> Path:
-        return self.out / "report_assets"
-
-    @property
-    def report(self) -> Path:
-        return self.out / "REPORT.md"
-
-    @property
-    def config(self) -> Path:
-        return self.out / "demo_config.json"
 
     def results(self, model: str) -> Path:
         """`--results-dir` of one model (one folder per model, emptied before its training)."""
@@ -178,142 +123,67 @@ class Layout:
     def checkpoint(self, model: str) -> Path:
         return self.experiment(model) / "checkpoints" / "best_ckpt.pt"
 
-    def sample_folder(self, variant: Variant, profile: Profile) -> Path:
+    def sample_folder(self, v: Variant, p: Profile) -> Path:
         """The folder both sampling scripts write for one synthetic set (docs/REFERENCE.md §3.3 name)."""
-        name = sample_folder_name(
-            variant.model,
-            self.fold,
-            profile.sampling_steps,
-            self.checkpoint(variant.model),
-            profile.image_size,
-            str(self.vae),
-            profile.cfg_scale,
-            GLOBAL_SEED,
-            sampler=SAMPLER,
-            ghg=variant.ghg,
-        )
-        return self.synthetic / name
-
-
-# Seed of the phantom set the study's domain VAE learns from (the study's images use seed 0).
-VAE_CORPUS_SEED = 1
+        return self.synthetic / sample_folder_name(
+            v.model, self.fold, p.sampling_steps, self.checkpoint(v.model), p.image_size, str(self.vae),
+            p.cfg_scale, GLOBAL_SEED, sampler=SAMPLER, ghg=v.ghg,
+        )  # fmt: skip
 
 
 def _data_stage(p: Profile, lay: Layout, corpus: bool = False) -> Stage:
     """The phantoms every fold uses, or with `corpus` the separate set the study's domain VAE learns from."""
     root = lay.vae_data if corpus else lay.data
     what = "phantom OCT B-scans" if lay.kind == "oct" else "phantom fundus photographs (RetinaMNIST layout)"
-    npz = ("--retinamnist-npz",) if lay.kind == "fundus" else ()
-    return Stage(
-        name="vae-data" if corpus else "data",
-        description=(
-            f"draw {p.num_images} {what} ({p.image_size} px, {lay.num_classes} labels) with {p.folds} patient-wise "
-            f"folds and a {p.test_frac:.0%} test split"
-            + (f", seed {VAE_CORPUS_SEED}: the domain VAE's own training images" if corpus else "")
-        ),
-        command=(
-            "python",
-            "-m",
-            "data.phantoms",
-            "--kind",
-            lay.kind,
-            "--out",
-            lay.shown(root),
-            "--num-images",
-            str(p.num_images),
-            "--folds",
-            str(p.folds),
-            "--size",
-            str(p.image_size),
-            "--seed",
-            str(VAE_CORPUS_SEED if corpus else 0),
-            "--test-frac",
-            str(p.test_frac),
-            *npz,
-        ),  # fmt: skip
-        outputs=tuple(root / f"{split}_{FOLD}.csv" for split in ("train", "val", "test")),
-        clears=(root,),
+    command = (
+        "python", "-m", "data.phantoms", "--kind", lay.kind, "--out", lay.shown(root),
+        "--num-images", str(p.num_images), "--folds", str(p.folds), "--size", str(p.image_size),
+        "--seed", str(VAE_CORPUS_SEED if corpus else 0), "--test-frac", str(p.test_frac),
+        *(("--retinamnist-npz",) if lay.kind == "fundus" else ()),
+    )  # fmt: skip
+    description = (
+        f"draw {p.num_images} {what} ({p.image_size} px, {lay.num_classes} labels) with {p.folds} patient-wise "
+        f"folds and a {p.test_frac:.0%} test split"
+        + (f", seed {VAE_CORPUS_SEED}: the domain VAE's own training images" if corpus else "")
     )
+    outputs = tuple(root / f"{split}_{FOLD}.csv" for split in ("train", "val", "test"))
+    return Stage("vae-data" if corpus else "data", description, command, outputs=outputs, clears=(root,))
 
 
 def _vae_stage(p: Profile, lay: Layout) -> Stage:
     source = "a separate phantom set's" if lay.vae_corpus else f"fold {FOLD}'s"
-    return Stage(
-        name="train-vae",
-        description=(
-            f"train the domain VAE (AutoencoderKL, downsampling 8, 4 latent channels) on {source} training "
-            f"images for {p.vae_steps} steps of batch {p.vae_batch}; scaling factor from its latents, PSNR on val"
-        ),
-        command=(
-            "python",
-            "train_vae.py",
-            "--data-path",
-            lay.shown(lay.vae_data),
-            "--dataset",
-            lay.dataset,
-            "--fold",
-            str(FOLD),
-            "--image-size",
-            str(p.image_size),
-            "--out",
-            lay.shown(lay.vae_run),
-            "--steps",
-            str(p.vae_steps),
-            "--batch-size",
-            str(p.vae_batch),
-            "--global-seed",
-            str(GLOBAL_SEED),
-            "--num-workers",
-            "0",
-        ),  # fmt: skip
-        deps=("vae-data",) if lay.vae_corpus else ("data",),
-        outputs=(lay.vae / "config.json",),
-        clears=(lay.vae_run,),
+    command = (
+        "python", "train_vae.py", "--data-path", lay.shown(lay.vae_data), "--dataset", lay.dataset,
+        "--fold", str(FOLD), "--image-size", str(p.image_size), "--out", lay.shown(lay.vae_run),
+        "--steps", str(p.vae_steps), "--batch-size", str(p.vae_batch),
+        "--global-seed", str(GLOBAL_SEED), "--num-workers", "0",
+    )  # fmt: skip
+    description = (
+        f"train the domain VAE (AutoencoderKL, downsampling 8, 4 latent channels) on {source} training "
+        f"images for {p.vae_steps} steps of batch {p.vae_batch}; scaling factor from its latents, PSNR on val"
     )
+    deps = ("vae-data",) if lay.vae_corpus else ("data",)
+    return Stage("train-vae", description, command, deps, outputs=(lay.vae / "config.json",), clears=(lay.vae_run,))
 
 
 def _extract_stage(p: Profile, lay: Layout) -> Stage:
-    return Stage(
-        name="extract",
-        description=(
-            f"encode fold {lay.fold}'s training images into {p.image_size // 8}x{p.image_size // 8}x4 latents with the "
-            f"domain VAE, {EXTRACT_PROCS} processes under torchrun"
-        ),
-        command=(
-            "python",
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(EXTRACT_PROCS),
-            "extract_features.py",
-            "--data-path",
-            lay.shown(lay.data),
-            "--dataset",
-            lay.dataset,
-            "--features-path",
-            lay.shown(lay.features),
-            "--vae",
-            lay.shown(lay.vae),
-            "--image-size",
-            str(p.image_size),
-            "--global-batch-size",
-            "32",
-            "--fold",
-            str(lay.fold),
-            "--global-seed",
-            str(GLOBAL_SEED),
-            "--num-workers",
-            "0",
-        ),  # fmt: skip
-        deps=("train-vae",),
-        outputs=(lay.features / f"features_{lay.fold}", lay.features / f"labels_{lay.fold}"),
-        clears=(lay.features,),
+    latent = p.image_size // 8
+    command = (
+        "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(EXTRACT_PROCS),
+        "extract_features.py", "--data-path", lay.shown(lay.data), "--dataset", lay.dataset,
+        "--features-path", lay.shown(lay.features), "--vae", lay.shown(lay.vae), "--image-size", str(p.image_size),
+        "--global-batch-size", "32", "--fold", str(lay.fold), "--global-seed", str(GLOBAL_SEED),
+        "--num-workers", "0",
+    )  # fmt: skip
+    description = (
+        f"encode fold {lay.fold}'s training images into {latent}x{latent}x4 latents with the domain VAE, "
+        f"{EXTRACT_PROCS} processes under torchrun"
     )
+    outputs = (lay.features / f"features_{lay.fold}", lay.features / f"labels_{lay.fold}")
+    return Stage("extract", description, command, ("train-vae",), outputs, clears=(lay.features,))
 
 
 def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
-    tag = model_tag(model)
     command = (
         "python", "train.py",
         "--model", model, "--feature-path", lay.shown(lay.features), "--vae", lay.shown(lay.vae),
@@ -328,99 +198,56 @@ def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
         "--val-mode", "final", "--cfg-scale", str(p.cfg_scale), "--num-sampling-steps", str(p.sampling_steps),
         "--global-seed", str(GLOBAL_SEED), "--num-workers", "0", "--log-every", str(p.log_every),
     )  # fmt: skip
-    return Stage(
-        name=f"train-{tag}",
-        description=(
-            f"train {model} on the {p.image_size // 8}x{p.image_size // 8}x4 latents for {p.epochs_of(model)} epochs "
-            f"of batch {p.batch_size}, validating (KID of {p.val_samples} decoded samples) every "
-            f"{p.validate_every_of(model)} epochs; best_ckpt.pt by the {p.best_rule} rule"
-        ),
-        command=command,
-        deps=("extract",),
-        outputs=(lay.checkpoint(model), lay.experiment(model) / "metrics.csv"),
-        clears=(lay.results(model),),
+    description = (
+        f"train {model} on the {p.image_size // 8}x{p.image_size // 8}x4 latents for {p.epochs_of(model)} epochs "
+        f"of batch {p.batch_size}, validating (KID of {p.val_samples} decoded samples) every "
+        f"{p.validate_every_of(model)} epochs; best_ckpt.pt by the {p.best_rule} rule"
     )
+    outputs = (lay.checkpoint(model), lay.experiment(model) / "metrics.csv")
+    return Stage(f"train-{model_tag(model)}", description, command, ("extract",), outputs, (lay.results(model),))
 
 
-def _sampling_args(v: Variant, p: Profile, lay: Layout, device: str) -> tuple[str, ...]:
-    return (
+def _sample_stage(v: Variant, p: Profile, lay: Layout, device: str, aug: bool) -> Stage:
+    """sample_ddp_val.py's validation copy of one synthetic set (one image per validation label vector) or, with
+    `aug`, sample_ddp.py's augmentation set (every training label vector expand_ratio times)."""
+    folder = lay.sample_folder(v, p)
+    ghg = ""  # the words on guidance, for the cellular model
+    if v.model == CELLULAR_MODEL:
+        ghg = " with GHG" if v.ghg else " without GHG (a fresh seed cell at every step)"
+    if aug:
+        script, data, ratio, split, images = "sample_ddp.py", lay.features, p.expand_ratio, "train", "gen_samples"
+        what = f"the {ratio}x augmentation set with {v.model}{ghg}: every training label vector {ratio} time(s)"
+        decoded = ""
+    else:
+        script, data, ratio, split, images = "sample_ddp_val.py", lay.data, 1, "val", "gen_samples_val"
+        what = f"the validation copy with {v.model}{ghg}: one image per val_{lay.fold}.csv label vector"
+        decoded = ", decoded by the domain VAE"
+    labels = folder / f"{split}_syn_{lay.fold}.csv"
+    command = (
+        "python", script,
         "--model", v.model, "--image-size", str(p.image_size), "--vae", lay.shown(lay.vae),
         "--dataset", lay.dataset, "--num-classes", str(lay.num_classes), "--fold", str(lay.fold),
         "--ckpt", lay.shown(lay.checkpoint(v.model)),
         "--sample-dir", lay.shown(lay.synthetic),
         "--sampler", SAMPLER, "--num-sampling-steps", str(p.sampling_steps), "--cfg-scale", str(p.cfg_scale),
         "--per-proc-batch-size", str(p.sample_batch), "--global-seed", str(GLOBAL_SEED), "--device", device,
-        *(() if v.ghg else ("--no-ghg",)),
+        *(() if v.ghg else ("--no-ghg",)), "--data-path", lay.shown(data), "--expand_ratio", str(ratio),
     )  # fmt: skip
+    description = f"synthesise {what}, {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}{decoded}"
+    deps = ("extract" if aug else "data", "train-vae", f"train-{model_tag(v.model)}")
+    name = f"sample-{'aug' if aug else 'val'}-{v.tag}"
+    return Stage(name, description, command, deps, (labels,), clears=(folder / images, labels), resumable=True)
 
 
-def _ghg_words(v: Variant) -> str:
-    if not v.model.startswith("GeCA"):
-        return ""
-    return " with GHG" if v.ghg else " without GHG (a fresh seed cell at every step)"
-
-
-def _sample_val_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
-    folder = lay.sample_folder(v, p)
-    return Stage(
-        name=f"sample-val-{v.tag}",
-        description=(
-            f"synthesise the validation copy with {v.model}{_ghg_words(v)}: one image per val_{lay.fold}.csv label "
-            f"vector, {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}, decoded by the domain VAE"
-        ),
-        command=(
-            "python",
-            "sample_ddp_val.py",
-            *_sampling_args(v, p, lay, device),
-            "--data-path",
-            lay.shown(lay.data),
-            "--expand_ratio",
-            "1",
-        ),  # fmt: skip
-        deps=("data", "train-vae", f"train-{model_tag(v.model)}"),
-        outputs=(folder / f"val_syn_{lay.fold}.csv",),
-        clears=(folder / "gen_samples_val", folder / f"val_syn_{lay.fold}.csv"),
-        resumable=True,
-    )
-
-
-def _sample_aug_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
-    folder = lay.sample_folder(v, p)
-    return Stage(
-        name=f"sample-aug-{v.tag}",
-        description=(
-            f"synthesise the {p.expand_ratio}x augmentation set with {v.model}{_ghg_words(v)}: every training label "
-            f"vector {p.expand_ratio} time(s), {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}"
-        ),
-        command=(
-            "python",
-            "sample_ddp.py",
-            *_sampling_args(v, p, lay, device),
-            "--data-path",
-            lay.shown(lay.features),
-            "--expand_ratio",
-            str(p.expand_ratio),
-        ),  # fmt: skip
-        deps=("extract", "train-vae", f"train-{model_tag(v.model)}"),
-        outputs=(folder / f"train_syn_{lay.fold}.csv",),
-        clears=(folder / "gen_samples", folder / f"train_syn_{lay.fold}.csv"),
-        resumable=True,
-    )
-
-
-def _evaluate_command(p: Profile, lay: Layout, device: str, *extra: str) -> tuple[str, ...]:
-    """evaluate.py on the demo's real data with Inception features for KID and GG and the shared feature cache."""
+def _evaluate_command(p: Profile, lay: Layout, device: str, *extra: str, recon: bool = True) -> tuple[str, ...]:
+    """evaluate.py on the demo's real data with Inception features for KID and GG and the shared feature cache;
+    with `recon`, also against the domain VAE's reconstructions (written where the others read them)."""
     return (
         "python", "evaluate.py", "--real", lay.shown(lay.data), "--fold", str(lay.fold),
         "--image-size", str(p.image_size), "--dataset", lay.dataset, "--gg_extractor", "inception",
-        "--device_list", device, "--num-workers", "0",
-        "--cache-dir", lay.shown(lay.feature_cache), *extra,
+        "--device_list", device, "--num-workers", "0", "--cache-dir", lay.shown(lay.feature_cache), *extra,
+        *(("--recon-vae", lay.shown(lay.vae), "--recon-dir", lay.shown(lay.reconstructions)) if recon else ()),
     )  # fmt: skip
-
-
-def _recon_args(lay: Layout) -> tuple[str, ...]:
-    """The domain VAE whose reconstructions evaluate.py also compares with, and where they are written."""
-    return ("--recon-vae", lay.shown(lay.vae), "--recon-dir", lay.shown(lay.reconstructions))
 
 
 def _reference_stage(p: Profile, lay: Layout, device: str, recon: bool) -> Stage:
@@ -429,35 +256,21 @@ def _reference_stage(p: Profile, lay: Layout, device: str, recon: bool) -> Stage
     would both compute them)."""
     name = "reference-recon" if recon else "reference-features"
     what = "the domain VAE's reconstructions of the real images" if recon else "the real validation and training images"
-    return Stage(
-        name=name,
-        description=f"Inception features of {what}, cached for the evaluate stages",
-        command=_evaluate_command(
-            p,
-            lay,
-            device,
-            "--reference-only",
-            "--out",
-            lay.shown(lay.feature_cache / f"{name}.json"),
-            *(_recon_args(lay) if recon else ()),
-        ),
-        deps=("data", "train-vae", "reference-features") if recon else ("data",),
-        outputs=(lay.feature_cache / f"{name}.json",),
-    )
+    out = lay.feature_cache / f"{name}.json"
+    command = _evaluate_command(p, lay, device, "--reference-only", "--out", lay.shown(out), recon=recon)
+    deps = ("data", "train-vae", "reference-features") if recon else ("data",)
+    return Stage(name, f"Inception features of {what}, cached for the evaluate stages", command, deps, (out,))
 
 
 def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
     folder = lay.sample_folder(v, p)
-    return Stage(
-        name=f"evaluate-{v.tag}",
-        description=(
-            f"KID and GG (Inception features) and LPIPS (when its AlexNet weights are present) of {v.label}'s "
-            "validation copy against the real validation images and against their domain-VAE reconstructions"
-        ),
-        command=_evaluate_command(p, lay, device, "--gen", lay.shown(folder), *_recon_args(lay)),
-        deps=("data", "reference-recon", f"sample-val-{v.tag}"),
-        outputs=(folder / f"metrics_{lay.fold}.json",),
+    description = (
+        f"KID and GG (Inception features) and LPIPS (when its AlexNet weights are present) of {v.label}'s "
+        "validation copy against the real validation images and against their domain-VAE reconstructions"
     )
+    command = _evaluate_command(p, lay, device, "--gen", lay.shown(folder))
+    deps = ("data", "reference-recon", f"sample-val-{v.tag}")
+    return Stage(f"evaluate-{v.tag}", description, command, deps, (folder / f"metrics_{lay.fold}.json",))
 
 
 def _classify_command(
@@ -474,18 +287,20 @@ def _classify_command(
     )  # fmt: skip
 
 
+def _synthetic_conditions(v: Variant, p: Profile, lay: Layout) -> list[str]:
+    """classify.py's real + synthetic and synthetic-only conditions of one studied set."""
+    folder = lay.shown(lay.sample_folder(v, p))
+    return [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
+
+
 def all_conditions(p: Profile, lay: Layout) -> list[str]:
     """Every classify.py condition of the study: the real-data ones, real + synthetic and synthetic only for each
     studied set, and, scored only, the validation copies without an augmentation set (GeCA without GHG) and the
     ceiling of every latent model, the domain VAE's reconstructions of the real validation images (written by
     reference-recon). A layout whose fold is classify.py's `{fold}` placeholder gives the conditions of every fold."""
-    conditions = ["geometric", "noaug"]
-    for v in STUDIED:
-        folder = lay.shown(lay.sample_folder(v, p))
-        conditions += [f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
+    conditions = ["geometric", "noaug", *(c for v in STUDIED for c in _synthetic_conditions(v, p, lay))]
     conditions += [f"gan-test:{v.tag}={lay.shown(lay.sample_folder(v, p))}" for v in VARIANTS if v not in STUDIED]
-    conditions.append(f"gan-test:{RECON_SET}={lay.shown(lay.recon_val)}")
-    return conditions
+    return [*conditions, f"gan-test:{RECON_SET}={lay.shown(lay.recon_val)}"]
 
 
 def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[Stage], Stage]:
@@ -493,54 +308,31 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
     conditions (which need no synthetic data, so they run beside the VAE training), one part per synthetic set
     (real + synthetic, and synthetic only), then the whole study, which trains nothing new and adds the
     label-fidelity scores of every validation copy."""
-    real = Stage(
-        name="classify-real",
-        description=(
-            f"downstream classifiers on real data only (fold {lay.fold}): geometric augmentation (the baseline) and no "
-            f"augmentation; tiny CNN, {p.cls_epochs} epochs, {len(p.cls_seeds)} seeds"
-        ),
-        command=_classify_command(p, lay, device, ["geometric", "noaug"]),
-        deps=("data",),
-        outputs=(lay.classify / "results.json",),
-        clears=(lay.classify,),
-        resumable=True,
+    results = (lay.classify / "results.json",)
+    description = (
+        f"downstream classifiers on real data only (fold {lay.fold}): geometric augmentation (the baseline) and no "
+        f"augmentation; tiny CNN, {p.cls_epochs} epochs, {len(p.cls_seeds)} seeds"
     )
+    command = _classify_command(p, lay, device, ["geometric", "noaug"])
+    real = Stage("classify-real", description, command, ("data",), results, (lay.classify,), resumable=True)
     parts = []
     for v in STUDIED:
-        folder = lay.shown(lay.sample_folder(v, p))
-        parts.append(
-            Stage(
-                name=f"classify-{v.tag}",
-                description=(
-                    f"classifiers trained on real + {v.label}'s {p.expand_ratio}x set, and on that set alone "
-                    "(GAN-train); the baseline runs are reused"
-                ),
-                command=_classify_command(
-                    p, lay, device, ["geometric", f"synthetic:{v.tag}={folder}", f"synthetic-only:{v.tag}={folder}"]
-                ),
-                deps=("classify-real", f"sample-val-{v.tag}", f"sample-aug-{v.tag}"),
-                outputs=(lay.classify / "results.json",),
-                resumable=True,
-            )
+        description = (
+            f"classifiers trained on real + {v.label}'s {p.expand_ratio}x set, and on that set alone (GAN-train); "
+            "the baseline runs are reused"
         )
-    conditions = all_conditions(p, lay)
-    whole = Stage(
-        name="classify",
-        description=(
-            f"the downstream study on fold {lay.fold}: every condition (finished runs reused), paired tests against "
-            "the baseline, and label fidelity (GAN-test: the baseline classifiers score each validation copy against "
-            "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
-        ),
-        command=_classify_command(p, lay, device, conditions),
-        deps=(
-            "classify-real",
-            *(s.name for s in parts),
-            "reference-recon",
-            *(f"sample-val-{v.tag}" for v in VARIANTS if v not in STUDIED),
-        ),
-        outputs=(lay.classify / "results.json", lay.classify / "results.md"),
-        resumable=True,
+        command = _classify_command(p, lay, device, ["geometric", *_synthetic_conditions(v, p, lay)])
+        deps = ("classify-real", f"sample-val-{v.tag}", f"sample-aug-{v.tag}")
+        parts.append(Stage(f"classify-{v.tag}", description, command, deps, results, resumable=True))
+    description = (
+        f"the downstream study on fold {lay.fold}: every condition (finished runs reused), paired tests against "
+        "the baseline, and label fidelity (GAN-test: the baseline classifiers score each validation copy against "
+        "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
     )
+    command = _classify_command(p, lay, device, all_conditions(p, lay))
+    scored_only = (f"sample-val-{v.tag}" for v in VARIANTS if v not in STUDIED)
+    deps = ("classify-real", *(s.name for s in parts), "reference-recon", *scored_only)
+    whole = Stage("classify", description, command, deps, (*results, lay.classify / "results.md"), resumable=True)
     return real, parts, whole
 
 
@@ -559,27 +351,20 @@ def build_stages(p: Profile, lay: Layout, device: str) -> list[Stage]:
     stages = [_data_stage(p, lay), _vae_stage(p, lay), classify_real, _reference_stage(p, lay, device, recon=False)]
     stages.append(_extract_stage(p, lay))
     # GeCA trains longest: it goes first, the baselines fill the other slot.
-    stages += [_train_stage(m, p, lay) for m in sorted(DEMO_MODELS, key=lambda m: m != ABLATION_MODEL)]
+    stages += [_train_stage(m, p, lay) for m in sorted(DEMO_MODELS, key=lambda m: m != CELLULAR_MODEL)]
     stages.append(_reference_stage(p, lay, device, recon=True))
     parts = dict(zip(STUDIED, classify_parts))
-    for v in sorted(VARIANTS, key=lambda v: v.model == ABLATION_MODEL):
-        stages.append(_sample_val_stage(v, p, lay, device))
+    for v in sorted(VARIANTS, key=lambda v: v.model == CELLULAR_MODEL):
+        stages.append(_sample_stage(v, p, lay, device, aug=False))
         if v in parts:
-            stages.append(_sample_aug_stage(v, p, lay, device))
+            stages.append(_sample_stage(v, p, lay, device, aug=True))
         stages.append(_evaluate_stage(v, p, lay, device))
         if v in parts:
             stages.append(parts[v])
     stages.append(classify_all)
-    stages.append(
-        Stage(
-            name="report",
-            description=(
-                "write REPORT.md: dataset, VAE reconstructions, training curves, samples, image-quality, "
-                "classification and label-fidelity tables"
-            ),
-            command=("python", "-m", "demo.report", "--out", lay.shown(lay.out)),
-            deps=tuple(s.name for s in stages),
-            outputs=(lay.report,),
-        )
+    description = (
+        "write REPORT.md: dataset, VAE reconstructions, training curves, samples, image-quality, classification and "
+        "label-fidelity tables"
     )
-    return stages
+    command = ("python", "-m", "demo.report", "--out", lay.shown(lay.out))
+    return [*stages, Stage("report", description, command, tuple(s.name for s in stages), (lay.report,))]

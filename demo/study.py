@@ -16,15 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from demo.plan import Layout, _classify_command, _data_stage, _vae_stage, all_conditions, build_stages
-from demo.profiles import Profile
+from demo.profiles import STUDY, Profile
 from infra.stages import Stage
 
 # The kinds of the study: OCT enters both tables, fundus (RetinaMNIST layout, fixed splits) Table A only.
 KINDS: tuple[str, ...] = ("oct", "fundus")
 CLASSIFIED_KIND = "oct"
 # Folds written per kind (the paper's five); the study runs the first `folds` of them.
-WRITTEN_FOLDS = 5
-MAX_FOLDS = WRITTEN_FOLDS
+MAX_FOLDS = STUDY.folds
 # Stages every fold of a kind shares (run once per kind, named `{kind}-{stage}`).
 SHARED_STAGES = ("data", "vae-data", "train-vae")
 # Stages of build_stages that the study replaces by its own (per-fold reports and per-fold pooled classification).
@@ -40,7 +39,7 @@ class StudyPlan:
     Attributes:
         profile: the sizes of every fold's stages (demo.profiles.STUDY or STUDY_QUICK).
         out: the study's output folder (absolute).
-        folds: OCT folds run (0 .. folds-1 of WRITTEN_FOLDS); the fundus phantoms have one fixed split.
+        folds: OCT folds run (0 .. folds-1 of MAX_FOLDS); the fundus phantoms have one fixed split.
         device: device of sampling, metrics and classification.
     """
 
@@ -49,15 +48,12 @@ class StudyPlan:
     folds: int
     device: str
 
-    def kind_dir(self, kind: str) -> Path:
-        return self.out / kind
-
     def folds_of(self, kind: str) -> list[int]:
         return list(range(self.folds)) if kind == CLASSIFIED_KIND else [0]
 
     def layout(self, kind: str, fold: int | str) -> Layout:
         """The fold's layout; with fold `FOLD_PLACEHOLDER`, its paths carry classify.py's `{fold}` placeholder."""
-        shared = self.kind_dir(kind)
+        shared = self.out / kind
         return Layout(shared / f"fold{fold}", fold=fold, kind=kind, shared=shared, vae_corpus=True)
 
     @property
@@ -69,37 +65,32 @@ class StudyPlan:
         return self.out / "study_config.json"
 
 
-def stage_name(kind: str, fold: int, name: str) -> str:
-    """The study's name of a demo stage: `{kind}-{name}` when the folds share it, else `{kind}{fold}-{name}`."""
-    return f"{kind}-{name}" if name in SHARED_STAGES else f"{kind}{fold}-{name}"
+def _renamed(stage: Stage, kind: str, fold: int) -> Stage:
+    """A demo stage under its study name: `{kind}-{name}` when the folds share it, else `{kind}{fold}-{name}`; its
+    deps likewise. The classification folder is shared by the folds: no stage clears it."""
+
+    def name(n: str) -> str:
+        return f"{kind}-{n}" if n in SHARED_STAGES else f"{kind}{fold}-{n}"
+
+    clears = () if stage.name.startswith("classify") else stage.clears
+    return replace(stage, name=name(stage.name), deps=tuple(map(name, stage.deps)), clears=clears)
 
 
 def _fold_stages(plan: StudyPlan, kind: str, fold: int) -> list[Stage]:
     """The demo's stages of one fold, renamed, without the shared ones; fundus without the classification study
-    (and so without augmentation sets). The classification folder is shared by the folds: no stage clears it."""
-    lay = plan.layout(kind, fold)
-    stages = []
-    for s in build_stages(plan.profile, lay, plan.device):
-        if s.name in SHARED_STAGES or s.name in DROPPED_STAGES:
-            continue
-        if kind != CLASSIFIED_KIND and s.name.startswith(("classify", "sample-aug")):
-            continue
-        clears = () if s.name.startswith("classify") else s.clears
-        deps = tuple(stage_name(kind, fold, d) for d in s.deps)
-        stages.append(replace(s, name=stage_name(kind, fold, s.name), deps=deps, clears=clears))
-    return stages
+    (and so without augmentation sets)."""
+    stages = build_stages(plan.profile, plan.layout(kind, fold), plan.device)
+    skipped = ("classify", "sample-aug") if kind != CLASSIFIED_KIND else ()
+    return [
+        _renamed(s, kind, fold)
+        for s in stages
+        if s.name not in SHARED_STAGES + DROPPED_STAGES and not s.name.startswith(skipped)
+    ]
 
 
 def _shared_stages(plan: StudyPlan, kind: str) -> list[Stage]:
-    lay = plan.layout(kind, 0)
-    stages = [
-        _data_stage(plan.profile, lay),
-        _data_stage(plan.profile, lay, corpus=True),
-        _vae_stage(plan.profile, lay),
-    ]
-    return [
-        replace(s, name=stage_name(kind, 0, s.name), deps=tuple(stage_name(kind, 0, d) for d in s.deps)) for s in stages
-    ]
+    p, lay = plan.profile, plan.layout(kind, 0)
+    return [_renamed(s, kind, 0) for s in (_data_stage(p, lay), _data_stage(p, lay, corpus=True), _vae_stage(p, lay))]
 
 
 def pooled_conditions(plan: StudyPlan) -> list[str]:
@@ -111,38 +102,27 @@ def _pooled_classify_stage(plan: StudyPlan, fold_stages: list[Stage]) -> Stage:
     lay = plan.layout(CLASSIFIED_KIND, 0)
     folds = tuple(plan.folds_of(CLASSIFIED_KIND))
     command = _classify_command(plan.profile, lay, plan.device, pooled_conditions(plan), folds)
-    return Stage(
-        name=f"{CLASSIFIED_KIND}-classify",
-        description=(
-            f"Table B: every condition over {plan.folds} fold(s) x {len(plan.profile.cls_seeds)} seed(s) (the "
-            "per-fold stages' runs reused), paired t-tests against the baseline by (fold, seed), label fidelity"
-        ),
-        command=command,
-        deps=tuple(s.name for s in fold_stages),
-        outputs=(lay.classify / "results.json", lay.classify / "results.md"),
-        resumable=True,
+    description = (
+        f"Table B: every condition over {plan.folds} fold(s) x {len(plan.profile.cls_seeds)} seed(s) (the "
+        "per-fold stages' runs reused), paired t-tests against the baseline by (fold, seed), label fidelity"
     )
+    deps, outputs = tuple(s.name for s in fold_stages), (lay.classify / "results.json", lay.classify / "results.md")
+    return Stage(f"{CLASSIFIED_KIND}-classify", description, command, deps, outputs, resumable=True)
 
 
 def build_study_stages(plan: StudyPlan) -> list[Stage]:
     """Every stage of the study, in priority order (shared stages first, then fold by fold, the pooled
     classification and the report)."""
-    stages: list[Stage] = []
-    for kind in KINDS:
-        stages += _shared_stages(plan, kind)
-    per_kind = {kind: [s for fold in plan.folds_of(kind) for s in _fold_stages(plan, kind, fold)] for kind in KINDS}
+    stages = [s for kind in KINDS for s in _shared_stages(plan, kind)]
+    per_fold = {(kind, fold): _fold_stages(plan, kind, fold) for kind in KINDS for fold in plan.folds_of(kind)}
     # Fold-major: the fundus fold beside the first OCT fold, so both tables fill in as the study goes.
-    for fold in range(max(len(plan.folds_of(kind)) for kind in KINDS)):
-        for kind in KINDS:
-            stages += [s for s in per_kind[kind] if s.name.startswith(f"{kind}{fold}-")]
-    stages.append(_pooled_classify_stage(plan, per_kind[CLASSIFIED_KIND]))
+    for fold in range(plan.folds):
+        stages += [s for kind in KINDS for s in per_fold.get((kind, fold), [])]
     stages.append(
-        Stage(
-            name="report",
-            description="write STUDY.md: Table A (OCT and fundus), Table B, label fidelity, samples, the claims",
-            command=("python", "-m", "demo.study_report", "--out", plan.layout(CLASSIFIED_KIND, 0).shown(plan.out)),
-            deps=tuple(s.name for s in stages),
-            outputs=(plan.report,),
+        _pooled_classify_stage(
+            plan, [s for fold in plan.folds_of(CLASSIFIED_KIND) for s in per_fold[CLASSIFIED_KIND, fold]]
         )
     )
-    return stages
+    description = "write STUDY.md: Table A (OCT and fundus), Table B, label fidelity, samples, the claims"
+    command = ("python", "-m", "demo.study_report", "--out", plan.layout(CLASSIFIED_KIND, 0).shown(plan.out))
+    return [*stages, Stage("report", description, command, tuple(s.name for s in stages), (plan.report,))]

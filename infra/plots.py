@@ -1,16 +1,21 @@
-"""One curve plotter for every figure of the project: panels of named (x, y) series, written as a PNG atomically.
+"""The project's figures: panels of named (x, y) series, and titled image grids side by side; PNGs written atomically.
 
 train.py's `loss_curve.png`, the demo report's training curves and `demo.settle`'s steps-to-settle figure all go
-through `plot_panels`, so they share one look and one atomic write. Matplotlib's object API is used (no pyplot
-state), so plotting is safe in any process and with any backend.
+through `plot_panels`, so they share one look and one atomic write; the demo reports' sample figures (real |
+reconstruction | each model) through `plot_image_grids`. Matplotlib's object API is used (no pyplot state), so
+plotting is safe in any process and with any backend.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from infra.atomic_io import atomic_write
 
@@ -87,7 +92,38 @@ def plot_panels(
         ax.set(xlabel=panel.xlabel, ylabel=panel.ylabel, title=panel.title)
         if panel.legend and any(not artist.get_label().startswith("_") for artist in ax.get_lines()):
             ax.legend(fontsize=panel.legend_fontsize)
+    _save(fig, path, dpi)
+
+
+def _save(fig, path: str | Path, dpi: int) -> None:
+    """Lay out `fig` and write it as a PNG, atomically."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     atomic_write(Path(path), lambda f: f.write(buffer.getvalue()))
+
+
+def image_grid(images: Sequence[np.ndarray], cols: int, tile: int = 64, pad: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8 grid of (h, w, 3) uint8 images, `cols` per row, each resized to `tile` pixels by nearest
+    neighbour (small images are enlarged without smoothing), on white with `pad` pixels between them."""
+    rows = math.ceil(len(images) / cols)
+    grid = np.full((rows * (tile + pad) + pad, cols * (tile + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (tile + pad), pad + c * (tile + pad)
+        grid[y : y + tile, x : x + tile] = np.asarray(Image.fromarray(img).resize((tile, tile), Image.NEAREST))
+    return grid
+
+
+def plot_image_grids(path: str | Path, grids: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Image grids of one size (e.g. from `image_grid`) side by side, each under its title and shown at its own pixel
+    size (100 dpi), written to `path` as a PNG, atomically."""
+    from matplotlib.figure import Figure
+
+    height, width = grids[0][1].shape[:2]
+    fig = Figure(figsize=(len(grids) * (width / 100 + 0.2) + 0.2, height / 100 + 0.6))
+    for ax, (title, grid) in zip(fig.subplots(1, len(grids), squeeze=False)[0], grids):
+        ax.imshow(grid)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    _save(fig, path, 100)

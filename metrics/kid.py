@@ -4,9 +4,15 @@ BiÅ„kowski et al., "Demystifying MMD GANs" (ICLR 2018), eq. 4 with k(a, b) = (aá
 with torchmetrics' `KernelInceptionDistance`; `kid` reproduces that metric's subset draws exactly (one `randperm` of
 the real set, then one of the generated set, per subset) so that, given a generator in the state of torchmetrics'
 global RNG, both return the same subsets and hence the same mean and (population) standard deviation.
+`kid_standard_error` gives a KID's noise over the generated images, and `kid_difference` tests two models' KIDs
+against it (one fold or pooled over folds; the demo's and the study's reports).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -144,3 +150,44 @@ def kid_standard_error(
     loo = (rows.sum() - 2 * rows) / ((n - 1) * (n - 2)) - 2 * (cols.sum() - cols) / (m * (n - 1))
     variance = (n - 1) / n * ((loo - loo.mean()) ** 2).sum()
     return float(variance.sqrt())
+
+
+@dataclass(frozen=True)
+class KidDifference:
+    """A KID difference between two sets of generated images, pooled over folds.
+
+    Attributes:
+        diff: mean over folds of KID(a) - KID(b).
+        se: its standard error, sqrt(sum over folds of se_a^2 + se_b^2) / folds.
+        z: diff / se (NaN when se is 0).
+        p_value: two-sided normal p-value of z.
+        folds: folds pooled.
+    """
+
+    diff: float
+    se: float
+    z: float
+    p_value: float
+    folds: int
+
+
+def kid_difference(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> KidDifference:
+    """z-test of the fold-mean difference of two models' KIDs, each fold's KID with its `kid_standard_error`.
+
+    The folds are independent data and each model's KID error is estimated over its own generated images, so the
+    per-fold differences have variance se_a^2 + se_b^2 (the real reference images, shared by both, add no
+    difference noise) and their mean has the variance of their sum divided by folds^2. With one fold this is the
+    comparison `--best-rule within-noise` makes (training/selection.py).
+
+    Args:
+        a, b: per fold (KID, standard error) of each model, the same folds in the same order (any one unit).
+    """
+    from scipy import stats
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need the same nonzero number of folds, got {len(a)} and {len(b)}")
+    diff = sum(ka - kb for (ka, _), (kb, _) in zip(a, b)) / len(a)
+    se = math.sqrt(sum(sa**2 + sb**2 for (_, sa), (_, sb) in zip(a, b))) / len(a)
+    z = diff / se if se > 0 else math.nan
+    p = float(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else math.nan
+    return KidDifference(diff, se, z, p, len(a))
