@@ -24,73 +24,52 @@ from bench.memory import run_memory
 from bench.sampling import SamplingSpec, run_sampling
 from bench.step import run_step
 from bench.throughput import run_training
-from bench.timing import Row, load_average, render_table
+from bench.timing import load_average, render_table
+from infra.distributed import pick_device
+from infra.flags import add_device_flag, add_tf32_flag
+from infra.precision import set_tf32
 
-SECTIONS = ("attention", "step", "sampling", "memory", "training")
+SECTIONS = dict(attention=run_attention, step=run_step, sampling=run_sampling, memory=run_memory, training=run_training)
 
 
-def plan(device: torch.device, quick: bool) -> dict:
-    """Sizes of every section for the device; `quick` shrinks everything to a seconds-long smoke run."""
+def plan(device: torch.device, quick: bool) -> dict[str, dict]:
+    """Keyword arguments of each section's function for the device; `quick`: a seconds-long smoke run at 8x8."""
     if quick:
-        return {
-            "attention": {"batch": 1, "repeats": 2, "heads": 2, "head_dim": 16, "side": 8},
-            "step": {"batch": 1, "repeats": 2, "key": "GeCA-T", "side": 8},
-            "sampling": [SamplingSpec("GeCA-T", 1, 2, side=8)],
-            "memory": {"key": "GeCA-T", "batch": 1, "segment_options": [3], "side": 8},
-            "training": {
-                "models": ["GeCA-T", "DiT-T/2"],
-                "batches": [2],
-                "precisions": ["fp32"],
-                "steps": 1,
-                "side": 8,
-            },
-        }
+        return dict(
+            attention=dict(batch=1, repeats=2, heads=2, head_dim=16, side=8),
+            step=dict(batch=1, repeats=2, key="GeCA-T", side=8),
+            sampling=dict(specs=[SamplingSpec("GeCA-T", 1, 2, side=8)]),
+            memory=dict(key="GeCA-T", batch=1, segment_options=[3], side=8),
+            training=dict(models=["GeCA-T", "DiT-T/2"], batches=[2], precisions=["fp32"], steps=1, side=8),
+        )
     if device.type == "cuda":
-        return {
-            "attention": {"batch": 32, "repeats": 20},
-            "step": {"batch": 32, "repeats": 20},
-            "step_precisions": [torch.bfloat16, torch.float16],
-            "sampling": [SamplingSpec("GeCA-S", 32, 10), SamplingSpec("DiT-S/2", 32, 10)],
-            "memory": {"key": "GeCA-S", "batch": 32, "segment_options": [4, 12]},
-            "training": {
-                "models": ["GeCA-S", "DiT-S/2"],
-                "batches": [32, 128],
-                "precisions": ["fp32", "fp16", "bf16"],
-                "steps": 10,
-            },
-        }
-    return {
-        "attention": {"batch": 2, "repeats": 9},
-        "step": {"batch": 2, "repeats": 5},
-        "sampling": [SamplingSpec("GeCA-T", 2, 50), SamplingSpec("GeCA-S", 1, 2)],
-        "memory": {"key": "GeCA-S", "batch": 2, "segment_options": [4, 12]},
-        "training": {"models": ["GeCA-T", "DiT-T/2"], "batches": [8], "precisions": ["fp32"], "steps": 5},
-    }
+        return dict(
+            attention=dict(batch=32, repeats=20),
+            step=dict(batch=32, repeats=20, precisions=(None, torch.bfloat16, torch.float16)),
+            sampling=dict(specs=[SamplingSpec("GeCA-S", 32, 10), SamplingSpec("DiT-S/2", 32, 10)]),
+            memory=dict(key="GeCA-S", batch=32, segment_options=[4, 12]),
+            training=dict(
+                models=["GeCA-S", "DiT-S/2"], batches=[32, 128], precisions=["fp32", "fp16", "bf16"], steps=10
+            ),
+        )
+    return dict(
+        attention=dict(batch=2, repeats=9),
+        step=dict(batch=2, repeats=5),
+        sampling=dict(specs=[SamplingSpec("GeCA-T", 2, 50), SamplingSpec("GeCA-S", 1, 2)]),
+        memory=dict(key="GeCA-S", batch=2, segment_options=[4, 12]),
+        training=dict(models=["GeCA-T", "DiT-T/2"], batches=[8], precisions=["fp32"], steps=5),
+    )
 
 
 def main(args: argparse.Namespace) -> str:
     """Run the chosen sections and print (and optionally write) the table; returns it."""
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        # As train.py and the sampling scripts by default.
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
+    device = pick_device(device=args.device)
+    set_tf32(args.tf32)  # as train.py and the sampling scripts
     sizes = plan(device, args.quick)
+    sizes["training"]["nca_checkpoint"] = args.nca_checkpoint
     load_before, start = load_average(), time.time()
-    rows: list[Row] = []
-    if "attention" in args.sections:
-        rows += run_attention(device=device, **sizes["attention"])
-    if "step" in args.sections:
-        rows += run_step(device=device, **sizes["step"])
-        for dtype in sizes.get("step_precisions", []):
-            rows += run_step(device=device, autocast=dtype, **sizes["step"])
-    if "sampling" in args.sections:
-        rows += run_sampling(sizes["sampling"], device)
-    if "memory" in args.sections:
-        rows += run_memory(device=device, threads=args.threads, **sizes["memory"])
-    if "training" in args.sections:
-        rows += run_training(device=device, nca_checkpoint=args.nca_checkpoint, **sizes["training"])
+    rows = [row for name, run in SECTIONS.items() if name in args.sections for row in run(device=device, **sizes[name])]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     header = [
         f"GeCA benchmarks (issue 9): torch {torch.__version__}, {device.type} ({name}), "
@@ -108,7 +87,7 @@ def main(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    add_device_flag(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -116,19 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads; 1 by default: on a busy machine idle OpenMP threads spin and slow every small "
         "op unless OMP_WAIT_POLICY=PASSIVE is set (see docs/PERFORMANCE.md)",
     )
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure")
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="what to measure")
     p.add_argument(
         "--nca-checkpoint",
         type=int,
         default=0,
         help="training section: activation-checkpoint segments of the GeCA models (as train.py's flag)",
     )
-    p.add_argument(
-        "--tf32",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="TF32 matmuls on CUDA (the scripts' default)",
-    )
+    add_tf32_flag(p)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every section in seconds")
     p.add_argument("--output", default=None, help="also write the table (markdown) to this file")
     return p

@@ -6,28 +6,21 @@ All variants start from the same qkv projection output (N, H*W, 3 * heads * d) a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from bench.timing import Row, format_time, paired_ratio, time_interleaved
-from models.cellular import (
-    NEIGHBOUR_OFFSETS,
-    flex_grid_local_attention,
-    grid_local_attention,
-    impulse_local_attention,
-)
+from bench.timing import Row, paired_ratio, time_interleaved
+from models.cellular import NEIGHBOUR_OFFSETS, flex_grid_local_attention, grid_local_attention, impulse_local_attention
 
 AttentionFn = Callable[[torch.Tensor, int, int, int, float], torch.Tensor]
 
 
 def on_tokens(grid_attention: Callable[[torch.Tensor, float], torch.Tensor]) -> AttentionFn:
-    """A local attention of the (N, H, W, 3, heads, d) qkv layout as a function of the qkv projection's output.
-
-    The returned function takes qkv (N, T, 3 * heads * d), the grid height H and width W, the number of heads and the
-    logit scale, and returns (N, T, heads * d).
-    """
+    """A local attention of the (N, H, W, 3, heads, d) qkv layout as a function (qkv, H, W, heads, logit scale) of the
+    qkv projection's output (N, T, 3 * heads * d), returning (N, T, heads * d)."""
 
     def attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
         n, tokens, _ = qkv.shape
@@ -36,18 +29,8 @@ def on_tokens(grid_attention: Callable[[torch.Tensor, float], torch.Tensor]) -> 
     return attention
 
 
-# The reference's impulse gather then 1 x 9 attention; this project's overlap views with a hand-written backward;
-# compiled FlexAttention (CUDA only).
-impulse_attention = on_tokens(impulse_local_attention)
-sliced_attention = on_tokens(grid_local_attention)
-flex_attention_variant = on_tokens(flex_grid_local_attention)
-
-
 def autograd_slices_attention(qkv: torch.Tensor, height: int, width: int, heads: int, scale: float) -> torch.Tensor:
-    """The shifted-slice local attention as it was before issue 9: padded k, v and autograd through 9 slices.
-
-    Args and returns as the functions of `on_tokens`.
-    """
+    """The shifted-slice local attention before issue 9 (padded k, v, autograd through 9 slices), as `on_tokens`."""
     n, tokens, _ = qkv.shape
     q, k, v = (t.reshape(n, height, width, heads, -1) for t in qkv.chunk(3, dim=-1))  # (N, H, W, heads, d)
     k = F.pad(k, (0, 0, 0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, heads, d)
@@ -60,62 +43,40 @@ def autograd_slices_attention(qkv: torch.Tensor, height: int, width: int, heads:
 
 
 def run_attention(
-    batch: int,
-    repeats: int,
-    device: torch.device,
-    heads: int = 12,
-    head_dim: int = 64,
-    side: int = 32,
+    batch: int, repeats: int, device: torch.device, heads: int = 12, head_dim: int = 64, side: int = 32
 ) -> list[Row]:
-    """Time forward + backward of each variant at GeCA-S shapes and check they agree with the impulse reference.
-
-    Args:
-        batch: N.
-        repeats: interleaved rounds.
-        device: where to run.
-        heads: attention heads (GeCA-S: 12).
-        head_dim: width of each head (GeCA-S: 64).
-        side: grid side (32 for 256-pixel images).
-
-    Returns:
-        Table rows: one per variant, the speed-up over the impulse gather and the largest output/gradient gap.
-    """
+    """Forward + backward of each variant (default: GeCA-S shapes, a 32 x 32 grid for 256-pixel images): one row
+    each, with the speed-up over the impulse gather and the largest output/gradient gap to it."""
     g = torch.Generator(device=device).manual_seed(0)
-    tokens = side * side
-    qkv = torch.randn(batch, tokens, 3 * heads * head_dim, generator=g, device=device)
-    grad_out = torch.randn(batch, tokens, heads * head_dim, generator=g, device=device)
-    scale = head_dim**-0.5
-    variants: dict[str, AttentionFn] = {
-        "impulse-filter conv gather (reference, docs/REFERENCE.md §6)": impulse_attention,
+    qkv = torch.randn(batch, side * side, 3 * heads * head_dim, generator=g, device=device)
+    grad_out = torch.randn(batch, side * side, heads * head_dim, generator=g, device=device)
+    variants: dict[str, AttentionFn] = {  # the reference first; FlexAttention is compiled, CUDA only
+        "impulse-filter conv gather (reference, docs/REFERENCE.md §6)": on_tokens(impulse_local_attention),
         "autograd shifted slices (before issue 9)": autograd_slices_attention,
-        "overlap views + hand-written backward (grid_local_attention)": sliced_attention,
+        "overlap views + hand-written backward (grid_local_attention)": on_tokens(grid_local_attention),
     }
     if device.type == "cuda":
-        variants["FlexAttention, exact borders (flex_grid_local_attention)"] = flex_attention_variant
+        variants["FlexAttention, exact borders (flex_grid_local_attention)"] = on_tokens(flex_grid_local_attention)
 
     def fwd_bwd(fn: AttentionFn) -> tuple[torch.Tensor, torch.Tensor]:
         leaf = qkv.detach().requires_grad_(True)
-        out = fn(leaf, side, side, heads, scale)
+        out = fn(leaf, side, side, heads, head_dim**-0.5)
         out.backward(grad_out)
         return out.detach(), leaf.grad
 
-    ref_out, ref_grad = fwd_bwd(impulse_attention)
+    reference = next(iter(variants))
+    ref_out, ref_grad = fwd_bwd(variants[reference])
     gaps = {}
     for name, fn in variants.items():
         out, grad = fwd_bwd(fn)
         gaps[name] = max((out - ref_out).abs().max().item(), (grad - ref_grad).abs().max().item())
-    times = time_interleaved({name: (lambda fn=fn: fwd_bwd(fn)) for name, fn in variants.items()}, repeats, device)
-
-    reference = next(iter(variants))
-    rows = []
-    shape = f"N={batch}, {heads}x{head_dim}, {side}x{side}"
-    for name in variants:
-        row = Row(f"local attention fwd+bwd ({shape})", name, format_time(times[name]))
-        if name != reference:
-            speedup = paired_ratio(times[reference], times[name])
-            row.ratio = f"{speedup:.1f}x faster; max |diff| {gaps[name]:.1e}"
-            if name.endswith("(grid_local_attention)") or name.endswith("(flex_grid_local_attention)"):
-                row.target = ">= 3x, |diff| < 1e-5"
-                row.met = speedup >= 3.0 and gaps[name] < 1e-5
-        rows.append(row)
+    label = f"local attention fwd+bwd (N={batch}, {heads}x{head_dim}, {side}x{side})"
+    timers = {name: functools.partial(fwd_bwd, fn) for name, fn in variants.items()}
+    rows, times = time_interleaved(label, timers, repeats, device)
+    for row in rows[1:]:
+        speedup = paired_ratio(times[reference], times[row.variant])
+        row.ratio = f"{speedup:.1f}x faster; max |diff| {gaps[row.variant]:.1e}"
+        if row.variant.endswith("grid_local_attention)"):  # ours and FlexAttention
+            row.target = ">= 3x, |diff| < 1e-5"
+            row.met = speedup >= 3.0 and gaps[row.variant] < 1e-5
     return rows

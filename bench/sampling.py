@@ -51,32 +51,17 @@ def time_sampling(spec: SamplingSpec, device: torch.device, model: torch.nn.Modu
 
 
 def run_sampling(specs: list[SamplingSpec], device: torch.device, repeats: int = 1) -> list[Row]:
-    """Images per second of each spec, scaled to 250 respaced steps; plus the host-sync count of the loop.
-
-    Args:
-        specs: what to sample.
-        device: where to run.
-        repeats: timed runs per spec (the median is reported), after a one-step warm-up run.
-
-    Returns:
-        Table rows.
-    """
+    """Images per second of each spec, scaled to 250 respaced steps (the median of `repeats` timed runs, after a
+    one-step warm-up run); then the host-sync count of the loop."""
     rows = []
     for spec in specs:
         model = make_model(spec.model, spec.side).to(device).eval()
         time_sampling(replace(spec, steps=1), device, model)
         seconds = sorted(time_sampling(spec, device, model) for _ in range(repeats))[repeats // 2]
         per_step = seconds / spec.steps
-        rate = spec.batch / (250 * per_step)
         measured = "measured" if spec.steps == 250 else f"scaled from {spec.steps} steps"
-        rows.append(
-            Row(
-                f"sampling, CFG {spec.cfg_scale} in one batch of 2N, {spec.side}x{spec.side} latents",
-                f"{spec.model}, N={spec.batch}",
-                f"{rate:.3g} images/s at 250 steps ({measured})",
-                f"{per_step * 1e3:.1f} ms per denoising call",
-            )
-        )
+        rate = f"{spec.batch / (250 * per_step):.3g} images/s at 250 steps ({measured})"
+        label = f"sampling, CFG {spec.cfg_scale} in one batch of 2N, {spec.side}x{spec.side} latents"
+        rows.append(Row(label, f"{spec.model}, N={spec.batch}", rate, f"{per_step * 1e3:.1f} ms per denoising call"))
     syncs = host_syncs_per_step(device)
-    rows.append(Row("sampling loop host syncs", "GeCA-T, 3 guided steps", f"{syncs} calls", "", "0", syncs == 0))
-    return rows
+    return [*rows, Row("sampling loop host syncs", "GeCA-T, 3 guided steps", f"{syncs} calls", "", "0", syncs == 0)]

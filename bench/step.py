@@ -8,86 +8,55 @@ its gather add to a step; a ratio near 1 means the step is GEMM-bound.
 from __future__ import annotations
 
 import contextlib
+import functools
+from dataclasses import replace
 from unittest import mock
 
 import torch
 
 import models.geca
-from bench.timing import Row, format_time, make_model, paired_ratio, random_inputs, time_interleaved, timed
+from bench.timing import Row, autocast, make_model, paired_ratio, random_inputs, time_interleaved, timed
 from infra import rng
 from infra.markdown import format_bytes
 
 
-def identity_attention(qkv: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Stand-in for the local attention that returns the values: (N, H, W, 3, heads, d) -> (N, H, W, heads, d)."""
-    return qkv[:, :, :, 2]
-
-
-@contextlib.contextmanager
-def attention_replaced_by_identity():
-    """Within the block, GeCA's local attention (both backends) passes its values through."""
-    with (
-        mock.patch.object(models.geca, "grid_local_attention", identity_attention),
-        mock.patch.object(models.geca, "flex_grid_local_attention", identity_attention),
-    ):
-        yield
+def attention_replaced_by_identity() -> contextlib.AbstractContextManager:
+    """Within the block, GeCA's local attention (both backends) passes its values through: qkv (N, H, W, 3, heads, d)
+    -> v (N, H, W, heads, d)."""
+    backends = ("grid_local_attention", "flex_grid_local_attention")
+    return mock.patch.multiple(models.geca, **dict.fromkeys(backends, lambda qkv, scale=None: qkv[:, :, :, 2]))
 
 
 def run_step(
-    batch: int,
-    repeats: int,
-    device: torch.device,
-    key: str = "GeCA-S",
-    side: int = 32,
-    autocast: torch.dtype | None = None,
+    batch: int, repeats: int, device: torch.device, key: str = "GeCA-S", side: int = 32, precisions: tuple = (None,)
 ) -> list[Row]:
-    """Time one cellular step (forward + backward through the model's `forward` with `steps = 1`).
-
-    Args:
-        batch: N.
-        repeats: interleaved rounds.
-        device: where to run.
-        key: registry key of the GeCA configuration.
-        side: latent grid side.
-        autocast: run under autocast to this dtype, or None for float32.
-
-    Returns:
-        Rows for the full step and the dense-only step, with the ratio full / dense.
-    """
+    """One cellular step (forward + backward through the model's `forward` with `steps = 1`) against the dense-only
+    step, per precision (an autocast dtype, None: float32): a row each, with the ratio full / dense."""
     model = make_model(key, side).to(device).train()
     model.steps = 1
     x, t, y = random_inputs(batch, side, device)
-    seeds = list(range(batch))
 
-    def step() -> None:
-        amp = contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
-        with amp:
-            state = model(x, t, y, generator=rng.sample_generators(seeds, device))
+    def step(dtype: torch.dtype | None) -> None:
+        with autocast(device, dtype):
+            state = model(x, t, y, generator=rng.sample_generators(range(batch), device))
         state[:, model.in_channels :].float().square().mean().backward()
         model.zero_grad(set_to_none=True)
 
-    def dense_step() -> None:
+    def dense_step(dtype: torch.dtype | None) -> None:
         with attention_replaced_by_identity():
-            step()
+            step(dtype)
 
     full, dense = f"{key} step", f"{key} step, attention -> identity (dense layers alone)"
-    times = time_interleaved({full: step, dense: dense_step}, repeats, device)
-    cuda = device.type == "cuda"
-    memory = {
-        name: format_bytes(timed(fn, device)[1]) if cuda else "" for name, fn in ((full, step), (dense, dense_step))
-    }
-    precision = "fp32" if autocast is None else f"{str(autocast).removeprefix('torch.')} autocast"
-    label = f"one cellular step fwd+bwd (N={batch}, {side}x{side}, {precision})"
-    ratio = paired_ratio(times[full], times[dense])
-    return [
-        Row(
-            label,
-            full,
-            format_time(times[full]),
-            f"{ratio:.2f}x the dense layers",
-            "<= 1.3x",
-            ratio <= 1.3,
-            memory[full],
-        ),
-        Row(label, dense, format_time(times[dense]), memory=memory[dense]),
-    ]
+    rows = []
+    for dtype in precisions:
+        precision = "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+        label = f"one cellular step fwd+bwd (N={batch}, {side}x{side}, {precision})"
+        variants = {full: functools.partial(step, dtype), dense: functools.partial(dense_step, dtype)}
+        pair, times = time_interleaved(label, variants, repeats, device)
+        ratio = paired_ratio(times[full], times[dense])
+        pair[0] = replace(pair[0], ratio=f"{ratio:.2f}x the dense layers", target="<= 1.3x", met=ratio <= 1.3)
+        if device.type == "cuda":
+            for row in pair:
+                row.memory = format_bytes(timed(variants[row.variant], device)[1])
+        rows += pair
+    return rows

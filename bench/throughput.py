@@ -6,6 +6,7 @@ autocast, backward (with a gradient scaler for fp16) and an AdamW update.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 import torch
@@ -19,21 +20,9 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def time_training(
     key: str, batch: int, precision: str, device: torch.device, steps: int, side: int = 32, nca_checkpoint: int = 0
-) -> tuple[list[float], int, bool]:
-    """Seconds of `steps` optimiser steps (after one warm-up step), the peak CUDA memory (0 on CPU).
-
-    Args:
-        key: registry key.
-        batch: N.
-        precision: "fp32", "fp16" or "bf16" (autocast).
-        device: where to run.
-        steps: timed steps.
-        side: latent grid side.
-        nca_checkpoint: checkpoint segments of a cellular model (0 = off; ignored by other models).
-
-    Returns:
-        (durations in seconds, peak allocated bytes, whether the model is cellular).
-    """
+) -> tuple[float, int, bool]:
+    """Median seconds of `steps` optimiser steps of `key` under `precision` (after one warm-up step), the peak CUDA
+    memory (0 on CPU) and whether the model is cellular (`nca_checkpoint` applies only then)."""
     model = make_model(key, side).to(device).train()
     if model.is_cellular:
         model.nca_checkpoint = nca_checkpoint
@@ -49,7 +38,8 @@ def time_training(
 
     step()
     measured = [timed(step, device) for _ in range(steps)]
-    return [seconds for seconds, _ in measured], max((peak or 0 for _, peak in measured), default=0), model.is_cellular
+    peak = max((peak or 0 for _, peak in measured), default=0)
+    return statistics.median(seconds for seconds, _ in measured), peak, model.is_cellular
 
 
 def run_training(
@@ -61,33 +51,26 @@ def run_training(
     side: int = 32,
     nca_checkpoint: int = 0,
 ) -> list[Row]:
-    """Steps/s and images/s of every (model, batch, precision); out-of-memory settings are reported as such.
-
-    Returns:
-        Table rows; the ratio column gives the GeCA : DiT time per step when both were measured.
-    """
+    """Steps/s and images/s of every (model, batch, precision), out-of-memory settings reported as such; the ratio
+    column gives the GeCA : DiT time per step when both were measured."""
     rows = []
-    for batch in batches:
-        for precision in precisions:
-            label = f"training step (AdamW), N={batch}, {side}x{side}, {precision}"
-            medians: dict[str, tuple[float, bool]] = {}
-            for key in models:
-                try:
-                    durations, peak, cellular = time_training(
-                        key, batch, precision, device, steps, side, nca_checkpoint
-                    )
-                except torch.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    rows.append(Row(label, key, "out of memory"))
-                    continue
-                medians[key] = (statistics.median(durations), cellular)
-                sps = 1 / medians[key][0]
-                variant = key + (f", --nca-checkpoint {nca_checkpoint}" if cellular and nca_checkpoint else "")
-                memory = format_bytes(peak) if peak else ""
-                rows.append(Row(label, variant, f"{sps:.3g} steps/s, {sps * batch:.3g} images/s", memory=memory))
-            cellular_keys = [k for k, (_, c) in medians.items() if c]
-            dense_keys = [k for k, (_, c) in medians.items() if not c]
-            if cellular_keys and dense_keys:
-                a, b = cellular_keys[0], dense_keys[0]
-                rows[-1].ratio = f"{a} / {b} time per step: {medians[a][0] / medians[b][0]:.1f}x"
+    for batch, precision in itertools.product(batches, precisions):
+        label = f"training step (AdamW), N={batch}, {side}x{side}, {precision}"
+        times, cellular = {}, {}
+        for key in models:
+            try:
+                times[key], peak, cellular[key] = time_training(
+                    key, batch, precision, device, steps, side, nca_checkpoint
+                )
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                rows.append(Row(label, key, "out of memory"))
+                continue
+            sps = 1 / times[key]
+            variant = key + (f", --nca-checkpoint {nca_checkpoint}" if cellular[key] and nca_checkpoint else "")
+            memory = format_bytes(peak) if peak else ""
+            rows.append(Row(label, variant, f"{sps:.3g} steps/s, {sps * batch:.3g} images/s", memory=memory))
+        a, b = (next((k for k in times if cellular[k] == c), None) for c in (True, False))
+        if a and b:
+            rows[-1].ratio = f"{a} / {b} time per step: {times[a] / times[b]:.1f}x"
     return rows

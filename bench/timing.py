@@ -23,25 +23,16 @@ from models import DiT_models
 
 @dataclass
 class Row:
-    """One line of the benchmark table.
-
-    Attributes:
-        benchmark: what is measured (the group of variants).
-        variant: which implementation or setting.
-        time: the measured quantity, formatted (median time, or a rate).
-        ratio: the comparison this row reports, formatted; empty if none.
-        target: the issue's target for that ratio, formatted; empty if none.
-        met: whether the target is met; None when the row has no target.
-        memory: peak memory, formatted; empty if not measured.
-    """
+    """One line of the benchmark table: what is measured (`benchmark`, the group of variants), which implementation or
+    setting (`variant`), then formatted cells; `met` is None when the row has no target."""
 
     benchmark: str
     variant: str
-    time: str = ""
+    time: str = ""  # median time, or a rate
     ratio: str = ""
     target: str = ""
     met: bool | None = None
-    memory: str = ""
+    memory: str = ""  # peak memory
 
 
 def make_model(key: str, side: int, **kwargs: object) -> torch.nn.Module:
@@ -62,14 +53,15 @@ def random_inputs(batch: int, side: int, device: torch.device) -> tuple[torch.Te
     return x, t, random_labels(batch, g)
 
 
-def training_step(model, diffusion, opt, scaler, x, t, y, dtype: torch.dtype | None = None, update: bool = True):
-    """One step of train.py's loop: the diffusion loss under autocast to `dtype` (None: float32), backward through
-    the gradient scaler, then (unless `update` is False) the optimiser step and the scaler's update.
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on the device's type; None: none (float32)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
-    Returns:
-        The loss.
-    """
-    with contextlib.nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype):
+
+def training_step(model, diffusion, opt, scaler, x, t, y, dtype: torch.dtype | None = None, update: bool = True):
+    """One step of train.py's loop, returning the loss: the diffusion loss under autocast to `dtype`, backward through
+    the gradient scaler, then (unless `update` is False) the optimiser step and the scaler's update."""
+    with autocast(x.device, dtype):
         loss = diffusion.training_losses(model, x, t, {"y": y})["loss"].mean()
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -79,22 +71,18 @@ def training_step(model, diffusion, opt, scaler, x, t, y, dtype: torch.dtype | N
     return loss
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so a timer sees the work (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, int | None]:
     """Seconds of one call of `fn` (the device synchronised around it) and its peak CUDA allocation (None on CPU)."""
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    synchronize(device)
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
-    synchronize(device)
+    if cuda:
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return seconds, int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return seconds, int(torch.cuda.max_memory_allocated(device)) if cuda else None
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -114,36 +102,24 @@ def resident_bytes(field: str = "VmRSS") -> int:
 
 def reset_peak_resident() -> None:
     """Restart the peak-RSS mark (VmHWM) of this process from its current size (Linux, /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def time_interleaved(
-    variants: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Wall-clock seconds of each variant over `repeats` rounds, the variants interleaved within a round.
-
-    Args:
-        variants: name -> zero-argument callable doing one unit of work.
-        repeats: number of rounds.
-        device: synchronised around every call.
-        warmup: untimed calls of each variant first (allocator, caches, lazy initialisation).
-
-    Returns:
-        name -> list of `repeats` durations in seconds, in round order.
-    """
+    benchmark: str, variants: dict[str, Callable[[], object]], repeats: int, device: torch.device
+) -> tuple[list[Row], dict[str, list[float]]]:
+    """Seconds of each zero-argument variant over `repeats` rounds (name -> durations in round order), the variants
+    interleaved within a round, after an untimed call of each (allocator, caches, lazy initialisation); and one row
+    per variant with its median time (the ratios are the caller's)."""
     for fn in variants.values():
-        for _ in range(warmup):
-            fn()
+        fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
             times[name].append(timed(variants[name], device)[0])
-    return times
+    return [Row(benchmark, name, format_time(times[name])) for name in variants], times
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
