@@ -4,18 +4,9 @@
     python -m bench.gpu_check --dry            # CPU, tiny sizes: every stage's code path, about a minute
     python -m bench.gpu_check --resume         # keep the finished stages of gpu_check/report.json, run the rest
 
-Stages, in order, each a subprocess with a time cap (`--cap-STAGE` seconds):
-  1. pytest: `pytest -m gpu` over the test files that use the marker.
-  2. bench: `python -m bench --device cuda` (interleaved ratios; fp32, fp16 and bf16), cheap sections first.
-  3. train: `accelerate launch --mixed_precision fp16` running train.py (through `bench.train_probe`) for GeCA-S on
-     generated 32x32x4 latents with 11 labels; batch 32 and the largest of 128/96/64/48 that fits, with and without
-     `--compile`; steps/s over 30 steps after 10 warm-up steps (train.py's own per-step timing in metrics.csv),
-     images/s, peak memory and model FLOP utilisation against the device's dense fp16/bf16 peak.
-  4. sample: GeCA-S, DiT-S/2 and LDM-B, 250 steps, CFG 1.5, the largest batch up to 32 that fits: seconds per image
-     of the denoising alone and of sample_ddp.py end to end with a random-weight SD-VAE-shaped AutoencoderKL
-     (`--vae DIR`).
-  5. fp16: 20 training steps from one state in fp16 autocast and in fp32 (losses within `--fp16-rtol`), and GHG
-     sampling with the model in fp16 stays finite.
+Five stages, in order, each in subprocesses under a time cap (`--cap-STAGE` seconds): `pytest -m gpu`, `python -m
+bench`, train.py bursts (through `bench.train_probe`), sampling throughput and fp16 against fp32 (`bench.gpu_workers`);
+docs/PERFORMANCE.md ("GPU check") says what each runs and measures, and `Sizes` holds their sizes.
 
 The report (bench.gpu_report: report.json, and REPORT.md rendered from it with templates/gpu_report.md) is rewritten
 after every stage (and when a stage starts), so a run killed at any point leaves what it had. Without a GPU (and
@@ -40,8 +31,8 @@ from pathlib import Path
 
 from bench import NUM_CLASSES, gpu_report
 from bench.gpu_report import FINISHED, STAGES, Report, StageReport
-from bench.gpu_workers import read_json, write_latents
-from infra.stages import Outcome, Runner, log_tail
+from bench.gpu_workers import write_latents
+from infra.stages import Outcome, Runner, log_tail, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 # Seconds per stage on one GPU: 460 s in all, so the whole check stays under 8 minutes with the set-up.
@@ -137,9 +128,7 @@ def settle(rep: StageReport, outcome: Outcome, checks=(), exit_note: str = "work
         rep.notes += [note] if note else []
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The stages: each runs its commands under the stage's cap and records their data and its status
-# ----------------------------------------------------------------------------------------------------------------
+# The stages: each runs its commands under the stage's cap and records their data and its status.
 
 
 def junit_rows(xml: Path) -> tuple[list[list], dict[str, int]]:
@@ -177,12 +166,8 @@ def stage_bench(ctx: Context, rep: StageReport, deadline: float) -> None:
     """`python -m bench` once per group of sections, each with the time the stage has left."""
     statuses = []
     for i, sections in enumerate(ctx.sizes.bench_groups, 1):
-        left, named, table_file = (
-            deadline - time.time(),
-            f"sections {' '.join(sections)}",
-            ctx.runner.out / f"bench_{i}.md",
-        )
-        if left < 5:
+        named, table_file = f"sections {' '.join(sections)}", ctx.runner.out / f"bench_{i}.md"
+        if (left := deadline - time.time()) < 5:
             statuses.append("skipped")
             rep.notes.append(f"{named}: skipped, the stage cap was reached")
             continue
@@ -251,10 +236,9 @@ def train_run(ctx: Context, rep: StageReport, latents: Path, batch: int, compile
     outcome = run_logged(ctx, rep, train_command(ctx, latents, results, batch, compiled, probe), name, timeout)
     info = read_json(probe)
     run: dict = {"batch": batch, "compile": compiled, "seconds": outcome.seconds, "log": ctx.runner.rel(outcome.log)}
-    metrics = sorted(results.glob("*/metrics.csv"))
-    if metrics:
-        run["experiment"] = str(metrics[0].parent)
-    sps, covered = timed_rate(metrics[0], ctx.sizes.warmup_steps, ctx.sizes.timed_steps) if metrics else (None, 0)
+    if metrics := min(results.glob("*/metrics.csv"), default=None):
+        run["experiment"] = str(metrics.parent)
+    sps, covered = timed_rate(metrics, ctx.sizes.warmup_steps, ctx.sizes.timed_steps) if metrics else (None, 0)
     if outcome.timed_out or info.get("oom"):
         run["status"] = "timed out" if outcome.timed_out else "out of memory"
     elif outcome.returncode != 0:
@@ -298,11 +282,10 @@ def stage_train(ctx: Context, rep: StageReport, deadline: float) -> None:
         ctx.report.write()
     gpu_report.describe_train(rep, s, largest, ctx.report.peak.get("text", "n/a"))
     rep.data["largest_batch"] = largest
-    failed = any(r["status"] not in ("ok", "out of memory") for r in runs)
-    if any(r["status"] == "timed out" or r["status"].startswith("skipped") for r in runs):
-        rep.status = "timed out"
-    else:
-        rep.status = "ok" if any(r["status"] == "ok" for r in runs) and not failed else "failed"
+    statuses = [r["status"] for r in runs]
+    good = "ok" in statuses and all(st in ("ok", "out of memory") for st in statuses)
+    cut = any(st == "timed out" or st.startswith("skipped") for st in statuses)
+    rep.status = "timed out" if cut else "ok" if good else "failed"
 
 
 def stage_sample(ctx: Context, rep: StageReport, _deadline: float) -> None:
@@ -341,10 +324,6 @@ def stage_fp16(ctx: Context, rep: StageReport, _deadline: float) -> None:
     gpu_report.describe_fp16(rep, s, tol, ghg_ok)
     settle(rep, outcome, [(not (losses_ok and ghg_ok), "failed", None)])
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------------------------------------------
 
 STAGE_FUNCTIONS = {"pytest": stage_pytest, "bench": stage_bench, "train": stage_train, "sample": stage_sample}
 STAGE_FUNCTIONS["fp16"] = stage_fp16
@@ -435,19 +414,17 @@ def main(args: argparse.Namespace) -> int:
     try:
         facts = probe_device(runner, work, args.dry)
         if not args.dry and not facts.get("cuda"):
-            print(
-                f"gpu-check: no CUDA GPU visible to torch {facts.get('torch', '(not installed)')}; nothing measured "
-                "(python -m bench.gpu_check --dry runs the CPU dry mode)"
-            )
+            version = facts.get("torch", "(not installed)")
+            dry = "python -m bench.gpu_check --dry runs the CPU dry mode"
+            print(f"gpu-check: no CUDA GPU visible to torch {version}; nothing measured ({dry})")
             return 0
         report = open_report(args, sizes, facts)
         if missing := ", ".join(facts.get("missing_packages", [])):
             report.stopped = f"missing Python packages: {missing}"
             report.write()
+            hint = "see docs/PERFORMANCE.md ('GPU check') for carrying them as wheels"
             print(
-                f"gpu-check: missing Python packages {missing} for {facts.get('executable')}; "
-                "see docs/PERFORMANCE.md ('GPU check') for carrying them as wheels",
-                file=sys.stderr,
+                f"gpu-check: missing Python packages {missing} for {facts.get('executable')}; {hint}", file=sys.stderr
             )
             return 2
         return run_stages(Context(args, sizes, runner, work, report))
@@ -468,26 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry", action="store_true", help="CPU dry run at tiny sizes (CUDA hidden): code paths only")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run (in order)")
     p.add_argument("--resume", action="store_true", help="keep the finished stages of OUT/report.json")
-    p.add_argument("--work", default=None, help="scratch folder (kept); default: a temporary folder, removed")
+    p.add_argument("--work", help="scratch folder (kept); default: a temporary folder, removed")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary scratch folder")
     p.add_argument("--python", default=sys.executable, help="interpreter of every stage (default: this one)")
-    p.add_argument(
-        "--launcher",
-        choices=["accelerate", "python"],
-        default=None,
-        help="stage 3 launch: accelerate launch --mixed_precision fp16 (GPU default) or python with "
-        "--mixed-precision fp16 (dry-run default)",
-    )
+    launch = "accelerate launch --mixed_precision fp16 (GPU default) or python with --mixed-precision fp16"
+    p.add_argument("--launcher", choices=["accelerate", "python"], help=f"stage 3 launch: {launch} (dry-run default)")
     for stage in STAGES:
-        p.add_argument(
-            f"--cap-{stage}",
-            type=float,
-            default=None,
-            help=f"seconds for stage {stage} (GPU default {GPU_CAPS[stage]}, dry {DRY_CAPS[stage]})",
-        )
+        caps = f"GPU default {GPU_CAPS[stage]}, dry {DRY_CAPS[stage]}"
+        p.add_argument(f"--cap-{stage}", type=float, help=f"seconds for stage {stage} ({caps})")
     p.add_argument("--fp16-rtol", type=float, default=1e-2, help="stage 5: allowed relative loss gap per step")
-    p.add_argument("--device-name", default=None, help="device name for the MFU peak lookup (default: the device's)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="dense fp16/bf16 peak for MFU, overriding the table")
+    p.add_argument("--device-name", help="device name for the MFU peak lookup (default: the device's)")
+    p.add_argument("--peak-tflops", type=float, help="dense fp16/bf16 peak for MFU, overriding the table")
     return p
 
 

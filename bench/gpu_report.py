@@ -1,8 +1,7 @@
 """The GPU check's report: report.json holds every stage's figures, REPORT.md is rendered from it with
-`templates/gpu_report.md` (docs/PERFORMANCE.md, "GPU check", describes both).
-
-The stages record data and a status (bench.gpu_check); the functions here turn a stage's data into its headline,
-tables and notes, and report.json into REPORT.md. Prose lives in the template; the code computes values.
+`templates/gpu_report.md` (docs/PERFORMANCE.md, "GPU check", describes both). The stages record data and a status
+(bench.gpu_check); the describe_* functions here turn a stage's data into its headline, tables and notes. Prose lives
+in the template; the code computes values.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.gpu_workers import read_json, write_json
 from infra.markdown import format_bytes, markdown_table
-from infra.stages import atomic_write_text
+from infra.stages import atomic_write_text, read_json, write_json
 from infra.templates import render_block
 
 TEMPLATE = Path(__file__).with_name("templates") / "gpu_report.md"
@@ -32,6 +30,8 @@ FINISHED = ("ok", "failed")  # statuses `--resume` keeps
 # The README's first GPU targets.
 TRAIN_TARGET_STEPS_PER_S = 2.0  # GeCA-S, batch 128, one H100-class GPU
 SAMPLE_TARGET_S_PER_IMAGE = 0.5  # 250 steps with CFG
+TRAIN_TARGET = f"GeCA-S training >= {TRAIN_TARGET_STEPS_PER_S:g} steps/s at batch 128 (fp16, one H100-class GPU)"
+SAMPLE_TARGET = f"GeCA-S sampling <= {SAMPLE_TARGET_S_PER_IMAGE:g} s/image, 250 steps, CFG 1.5"
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets, matched against the
 # device name in this order. GeForce parts are listed at their fp32-accumulate rate, which PyTorch uses.
@@ -58,24 +58,16 @@ DENSE_PEAKS_TFLOPS: tuple[tuple[str, str, float], ...] = (
 )
 
 
-def dense_peak_tflops(device_name: str) -> tuple[str, float] | None:
-    """(matched label, dense fp16/bf16 TFLOP/s) of a device name, or None when the table does not know it."""
-    upper = device_name.upper()
-    for pattern, label, tflops in DENSE_PEAKS_TFLOPS:
-        if re.search(rf"\b{pattern}\b", upper):
-            return label, tflops
-    return None
-
-
 def peak_assumed(device_name: str, override: float | None) -> dict:
-    """The MFU peak the report states: `--peak-tflops`, else the datasheet table's entry, else none (no MFU)."""
+    """The MFU peak the report states: `--peak-tflops`, else the first entry of DENSE_PEAKS_TFLOPS whose pattern is a
+    word of the device name, else none (no MFU)."""
     if override:
         return {"tflops": override, "text": f"{override:g} TFLOP/s (--peak-tflops)"}
-    if (found := dense_peak_tflops(device_name)) is None:
-        return {"tflops": None, "text": f"unknown for '{device_name}': MFU not computed (give --peak-tflops)"}
-    label, tflops = found
-    text = f"{label} dense fp16/bf16 tensor peak {tflops:g} TFLOP/s (datasheet, for '{device_name}')"
-    return {"tflops": tflops, "label": label, "text": text}
+    for pattern, label, tflops in DENSE_PEAKS_TFLOPS:
+        if re.search(rf"\b{pattern}\b", device_name.upper()):
+            text = f"{label} dense fp16/bf16 tensor peak {tflops:g} TFLOP/s (datasheet, for '{device_name}')"
+            return {"tflops": tflops, "label": label, "text": text}
+    return {"tflops": None, "text": f"unknown for '{device_name}': MFU not computed (give --peak-tflops)"}
 
 
 @dataclass
@@ -126,39 +118,29 @@ class Report:
 
     def targets(self) -> list[dict]:
         """(target, measured, met) of the README's first GPU targets, from stage 3's and stage 4's data."""
-        train_target = (
-            f"GeCA-S training >= {TRAIN_TARGET_STEPS_PER_S:g} steps/s at batch 128 (fp16, one H100-class GPU)"
-        )
-        sample_target = f"GeCA-S sampling <= {SAMPLE_TARGET_S_PER_IMAGE:g} s/image, 250 steps, CFG 1.5"
         if self.mode == "dry":
             dry = "dry mode (tiny CPU sizes; the target is for GeCA-S on a GPU)"
-            return [{"target": t, "measured": dry, "met": "n/a"} for t in (train_target, sample_target)]
-        at_128 = (
-            r for r in self.stages["train"].data.get("runs", []) if r.get("batch") == 128 and not r.get("compile")
-        )
-        sps = next((r["steps_per_sec"] for r in at_128 if r.get("steps_per_sec")), None)
-        if sps:
-            on = self.peak.get("label") or self.device.get("name", "?")
-            rows = [[train_target, f"{sps:.2f} steps/s on {on}", "yes" if sps >= TRAIN_TARGET_STEPS_PER_S else "NO"]]
-        else:
-            rows = [[train_target, "not measured (see stage 3)", "n/a"]]
+            return [{"target": t, "measured": dry, "met": "n/a"} for t in (TRAIN_TARGET, SAMPLE_TARGET)]
+        at_128 = [r for r in self.stages["train"].data.get("runs", []) if r.get("batch") == 128]
+        sps = next((r["steps_per_sec"] for r in at_128 if not r.get("compile") and r.get("steps_per_sec")), None)
         geca = self.stages["sample"].data.get("models", {}).get("GeCA-S", {})
-        if geca.get("end_to_end", {}).get("seconds") and geca.get("batch"):
-            spi = geca["end_to_end"]["seconds"] / geca["batch"]
-            met = "yes" if spi <= SAMPLE_TARGET_S_PER_IMAGE else "NO"
-            rows.append([sample_target, f"{spi:.3f} s/image (VAE decode included)", met])
-        else:
-            rows.append([sample_target, "not measured (see stage 4)", "n/a"])
-        return [dict(zip(("target", "measured", "met"), row)) for row in rows]
+        e2e = geca.get("end_to_end", {}).get("seconds")
+        spi = e2e / geca["batch"] if e2e and geca.get("batch") else None
+        on = self.peak.get("label") or self.device.get("name", "?")
+        train = (f"{sps:.2f} steps/s on {on}", sps >= TRAIN_TARGET_STEPS_PER_S) if sps else None
+        sample = (f"{spi:.3f} s/image (VAE decode included)", spi <= SAMPLE_TARGET_S_PER_IMAGE) if spi else None
+        rows = []
+        for stage, target, found in ((3, TRAIN_TARGET, train), (4, SAMPLE_TARGET, sample)):
+            measured, met = found or (f"not measured (see stage {stage})", None)
+            rows.append({"target": target, "measured": measured, "met": {True: "yes", False: "NO", None: "n/a"}[met]})
+        return rows
 
     def write(self) -> None:
         write_json(self.out / "report.json", self.to_json())
         atomic_write_text(self.out / "REPORT.md", render_report(read_json(self.out / "report.json")))
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # REPORT.md from report.json
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -229,30 +211,27 @@ def render_report(report: dict) -> str:
     return text + "\n"
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Headlines, tables and notes of the stages' data
-# ----------------------------------------------------------------------------------------------------------------
+
+
+def percent(x: float | None) -> str:
+    """A fraction as a percentage to 3 significant figures, or 'n/a'."""
+    return f"{fmt(100 * x)}%" if x else "n/a"
+
+
+def train_row(r: dict) -> list:
+    """The table row of one train.py burst."""
+    speed = [fmt(r.get("steps_per_sec")), fmt(r.get("images_per_sec")), format_bytes(r.get("peak_bytes"))]
+    flops = [fmt(r["flops_per_step"] / 1e12) if r.get("flops_per_step") else "n/a", fmt(r.get("achieved_tflops"))]
+    return [r["batch"], "yes" if r["compile"] else "no", r["status"], *speed, *flops, percent(r.get("mfu"))]
 
 
 def describe_train(rep: StageReport, sizes, largest: int | None, peak_text: str) -> None:
     """Stage 3's table (one row per train.py burst), notes and headline."""
     runs, side = rep.data["runs"], sizes.image_size // 8
     cols = ["batch", "--compile", "status", "steps/s", "images/s", "peak memory", "TFLOP/step", "TFLOP/s", "MFU"]
-    rows = [
-        [
-            r["batch"],
-            "yes" if r["compile"] else "no",
-            r["status"],
-            fmt(r.get("steps_per_sec")),
-            fmt(r.get("images_per_sec")),
-            format_bytes(r.get("peak_bytes")),
-            fmt(r["flops_per_step"] / 1e12) if r.get("flops_per_step") else "n/a",
-            fmt(r.get("achieved_tflops")),
-            f"{fmt(100 * r['mfu'])}%" if r.get("mfu") else "n/a",
-        ]
-        for r in runs
-    ]
-    rep.tables.append({"title": f"{sizes.train_model}, {side}x{side}x4 latents", "columns": cols, "rows": rows})
+    title = f"{sizes.train_model}, {side}x{side}x4 latents"
+    rep.tables.append({"title": title, "columns": cols, "rows": [train_row(r) for r in runs]})
     first, last = sizes.warmup_steps + 1, sizes.warmup_steps + sizes.timed_steps
     rep.notes += bullets(
         "train_notes", first=first, last=last, warmup=sizes.warmup_steps, peak=peak_text, latents=sizes.num_latents
@@ -270,10 +249,9 @@ def describe_train(rep: StageReport, sizes, largest: int | None, peak_text: str)
         rep.headline = "largest batch not found (see the notes)"
     best = max((r for r in runs if r["status"] == "ok" and not r["compile"]), key=lambda r: r["batch"], default=None)
     if best:
+        mfu = f", MFU {percent(best['mfu'])}" if best.get("mfu") else ""
         rep.headline += f"; batch {best['batch']}: {fmt(best['steps_per_sec'])} steps/s, "
-        rep.headline += f"{fmt(best['images_per_sec'])} images/s" + (
-            f", MFU {fmt(100 * best['mfu'])}%" if best.get("mfu") else ""
-        )
+        rep.headline += f"{fmt(best['images_per_sec'])} images/s{mfu}"
 
 
 def sample_row(key: str, m: dict) -> list:
@@ -281,16 +259,9 @@ def sample_row(key: str, m: dict) -> list:
     den, e2e, batch = m.get("denoise", {}), m.get("end_to_end", {}), m.get("batch")
     d_spi = den["seconds"] / batch if den.get("seconds") else None
     e_spi = e2e["seconds"] / batch if e2e.get("seconds") else None
-    return [
-        key,
-        batch or "none fits",
-        fmt(1 / d_spi) if d_spi else "n/a",
-        fmt(d_spi),
-        fmt(1 / e_spi) if e_spi else e2e.get("skipped", "n/a"),
-        fmt(e_spi),
-        fmt(e2e.get("wall_seconds")),
-        format_bytes(den.get("peak_bytes")),
-    ]
+    denoise = [fmt(1 / d_spi) if d_spi else "n/a", fmt(d_spi)]
+    end_to_end = [fmt(1 / e_spi) if e_spi else e2e.get("skipped", "n/a"), fmt(e_spi), fmt(e2e.get("wall_seconds"))]
+    return [key, batch or "none fits", *denoise, *end_to_end, format_bytes(den.get("peak_bytes"))]
 
 
 def describe_sample(rep: StageReport, sizes) -> None:

@@ -23,25 +23,11 @@ import time
 from pathlib import Path
 
 from bench import NUM_CLASSES
+from infra.stages import write_json
 
 # Packages the five stages import; the device command reports the missing ones before any stage starts.
 REQUIRED_PACKAGES = ("torch", "numpy", "diffusers", "accelerate", "timm", "pandas", "sklearn", "PIL", "tqdm")
 REQUIRED_PACKAGES += ("matplotlib", "pytest")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file's object, or {} when it is missing or unreadable (a worker stopped before writing it)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Replace `path` atomically with `data` as JSON (a reader never sees half a file)."""
-    from infra.stages import atomic_write_text
-
-    atomic_write_text(Path(path), json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_latents(folder: Path, count: int, side: int | None = None, seed: int = 0) -> Path:
@@ -59,77 +45,34 @@ def write_latents(folder: Path, count: int, side: int | None = None, seed: int =
     return folder
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # device
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def device_facts(query_cuda: bool = True) -> dict:
     """What the report's header states: interpreter, torch, CUDA device (name, memory, capability), missing packages.
 
-    Args:
-        query_cuda: look for a CUDA device. The orchestrator calls this in a child process on a GPU, so that it never
-            initialises CUDA itself (a context in the parent would take GPU memory from every stage), and in its own
-            process with False for the CPU dry run.
+    `query_cuda` is False only for the CPU dry run, in the orchestrator's own process. On a GPU the orchestrator calls
+    this in a child process, so that it never initialises CUDA itself (a context in the parent would take GPU memory
+    from every stage).
     """
-    facts: dict = {
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "missing_packages": [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None],
-    }
-    if "torch" in facts["missing_packages"]:
-        facts["cuda"] = False
-        return facts
+    missing = [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+    facts: dict = {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform()}
+    facts.update(cpu_count=os.cpu_count(), missing_packages=missing)
+    if "torch" in missing:
+        return {**facts, "cuda": False}
     import torch
 
-    facts["torch"] = torch.__version__
-    facts["cuda_runtime"] = torch.version.cuda
-    facts["cuda"] = query_cuda and torch.cuda.is_available()
-    if facts["cuda"]:
-        props = torch.cuda.get_device_properties(0)
-        facts.update(
-            name=props.name,
-            memory_bytes=int(props.total_memory),
-            capability=f"{props.major}.{props.minor}",
-            multiprocessors=props.multi_processor_count,
-            device_count=torch.cuda.device_count(),
-        )
-    else:
-        facts["name"] = platform.processor() or platform.machine()
-    return facts
+    facts.update(
+        torch=torch.__version__, cuda_runtime=torch.version.cuda, cuda=query_cuda and torch.cuda.is_available()
+    )
+    if not facts["cuda"]:
+        return {**facts, "name": platform.processor() or platform.machine()}
+    props = torch.cuda.get_device_properties(0)
+    facts.update(name=props.name, memory_bytes=int(props.total_memory), capability=f"{props.major}.{props.minor}")
+    return {**facts, "multiprocessors": props.multi_processor_count, "device_count": torch.cuda.device_count()}
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # sample (stage 4)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def sd_vae_like(tiny: bool, seed: int = 0):
-    """A randomly initialised AutoencoderKL shaped like SD-VAE (`stabilityai/sd-vae-ft-ema`: 3 -> 4 channels, /8).
-
-    Decoding cost depends on the shape, not on the weights, so random weights time the real decoder. `tiny` keeps
-    the block layout with 8-channel blocks (the CPU dry run).
-    """
-    import torch
-    from diffusers import AutoencoderKL
-
-    widths, layers, groups = ((8, 8, 8, 8), 1, 4) if tiny else ((128, 256, 512, 512), 2, 32)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=widths,
-            layers_per_block=layers,
-            latent_channels=4,
-            norm_num_groups=groups,
-            sample_size=256,
-            scaling_factor=0.18215,
-        ).eval()
 
 
 def write_sampling_inputs(work: Path, models: list[str], side: int, tiny_vae: bool) -> tuple[Path, dict[str, Path]]:
@@ -137,17 +80,16 @@ def write_sampling_inputs(work: Path, models: list[str], side: int, tiny_vae: bo
     import torch
 
     from bench.timing import make_model
+    from data.vae import sd_vae_like
     from infra.checkpoint import save_checkpoint
 
-    vae_dir = work / "vae"
-    sd_vae_like(tiny_vae).save_pretrained(vae_dir)
-    ckpts = {}
+    sd_vae_like(tiny_vae).save_pretrained(work / "vae")
+    ckpts = {key: work / "ckpt" / f"{key.replace('/', '-')}.pt" for key in models}
     for i, key in enumerate(models):
         torch.manual_seed(i)
         state = make_model(key, side).state_dict()
-        ckpts[key] = work / "ckpt" / f"{key.replace('/', '-')}.pt"
         save_checkpoint(ckpts[key], {"model": state, "ema": state})
-    return vae_dir, ckpts
+    return work / "vae", ckpts
 
 
 def sample_argv(key: str, args: argparse.Namespace, batch: int, ckpt: Path, vae: Path) -> list[str]:
@@ -242,11 +184,9 @@ def run_sample(args: argparse.Namespace) -> None:
     import torch
 
     from data.vae import load_vae
+    from infra.precision import set_tf32
 
-    cuda = args.device.startswith("cuda")
-    # TF32 on, as sample_ddp.py's (always on) --tf32 sets it; the end-to-end runs set it again themselves.
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    set_tf32(True)  # as sample_ddp.py's (default) --tf32 sets it; the end-to-end runs set it again themselves
     out: dict = {"models": {}, "steps": args.steps, "cfg_scale": args.cfg_scale, "image_size": args.image_size}
     vae_dir, ckpts = write_sampling_inputs(args.work, args.models, args.image_size // 8, args.tiny_vae)
     out["vae"] = {"folder": str(vae_dir), "tiny": args.tiny_vae}
@@ -256,21 +196,17 @@ def run_sample(args: argparse.Namespace) -> None:
     for key in args.models:  # 1. the largest batch that fits, then denoising alone
         out["models"][key] = {"tried": [], "status": "running"}
         measure_denoising(args, key, out["models"][key], ckpts[key], vae_dir, vae)
-        if cuda:
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
         write_json(args.json, out)
     del vae
     for key in args.models:  # 2. sample_ddp.py end to end (VAE decoding and PNG writes), while the cap leaves time
         if "denoise" in out["models"][key]:
             run_end_to_end(args, key, out["models"][key], ckpts[key], vae_dir)
-            if cuda:
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()
             write_json(args.json, out)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # fp16 (stage 5)
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def perturb_zero_tensors(model, std: float, seed: int) -> int:
@@ -302,16 +238,14 @@ def compare_training(args: argparse.Namespace, out: dict) -> None:
 
     from bench.timing import make_model, random_labels, training_step
     from diffusion import create_diffusion
+    from infra.precision import set_tf32
 
     device, side = torch.device(args.device), args.image_size // 8
-    # fp32 means fp32: TF32 would round the reference's matrix products to 10 mantissa bits.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    set_tf32(False)  # fp32 means fp32: TF32 would round the reference's matrix products to 10 mantissa bits
     torch.manual_seed(0)
     m32 = make_model(args.model, side).to(device).train()
     m16 = copy.deepcopy(m32)
-    opt32 = torch.optim.AdamW(m32.parameters(), lr=1e-4, weight_decay=0)
-    opt16 = torch.optim.AdamW(m16.parameters(), lr=1e-4, weight_decay=0)
+    opt32, opt16 = (torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0) for m in (m32, m16))
     scaler = torch.amp.GradScaler(device.type)
     diffusion = create_diffusion(timestep_respacing="")
     g = torch.Generator().manual_seed(1)
@@ -367,11 +301,11 @@ def compare_ghg(args: argparse.Namespace, out: dict) -> None:
 
     from bench.timing import make_model, random_labels
     from diffusion import create_diffusion
+    from infra.precision import set_tf32
     from synthesis.cli import configure_model_call
 
     device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    set_tf32(True)
     torch.manual_seed(0)
     base = make_model(args.model, args.image_size // 8)
     redrawn = perturb_zero_tensors(base, std=0.02, seed=0)
@@ -397,57 +331,45 @@ def run_fp16(args: argparse.Namespace) -> None:
     compare_ghg(args, out)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # command line
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    device = sub.add_parser("device", help="device facts and missing packages")
+    device.add_argument("--json", required=True, help="output file")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", required=True, help="output file, rewritten after each measurement")
+    common.add_argument("--device", default="cuda", help="cuda or cpu")
+    common.add_argument("--image-size", type=int, default=256, help="image side (latent side = size // 8)")
+    common.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale (fp16: of the GHG check)")
 
-    d = sub.add_parser("device", help="device facts and missing packages")
-    d.add_argument("--json", required=True, help="output file")
-
-    s = sub.add_parser("sample", help="stage 4: sampling throughput")
-    s.add_argument("--json", required=True, help="output file, rewritten after each measurement")
+    s = sub.add_parser("sample", parents=[common], help="stage 4: sampling throughput")
     s.add_argument("--work", type=Path, required=True, help="scratch folder (checkpoints, VAE, labels, samples)")
-    s.add_argument("--device", default="cuda", help="cuda or cpu")
     s.add_argument("--models", nargs="+", required=True, help="registry keys")
     s.add_argument("--batches", type=int, nargs="+", required=True, help="batch sizes to try, largest first")
-    s.add_argument("--image-size", type=int, default=256, help="image side (latent side = size // 8)")
     s.add_argument("--steps", type=int, default=250, help="respaced sampling steps")
-    s.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale")
     s.add_argument("--tiny-vae", action="store_true", help="8-channel blocks instead of SD-VAE's widths (CPU)")
-    s.add_argument(
-        "--deadline-at", type=float, default=math.inf, help="Unix time by which the last end-to-end run must end"
-    )
+    s.add_argument("--deadline-at", type=float, default=math.inf, help="Unix time the last end-to-end run must end by")
 
-    f = sub.add_parser("fp16", help="stage 5: fp16 against fp32")
-    f.add_argument("--json", required=True, help="output file, rewritten after each step")
-    f.add_argument("--device", default="cuda", help="cuda or cpu")
+    f = sub.add_parser("fp16", parents=[common], help="stage 5: fp16 against fp32")
     f.add_argument("--model", default="GeCA-S", help="registry key")
-    f.add_argument("--image-size", type=int, default=256, help="image side (latent side = size // 8)")
     f.add_argument("--batch", type=int, default=32, help="training batch")
     f.add_argument("--steps", type=int, default=20, help="training steps compared")
     f.add_argument("--rtol", type=float, default=1e-2, help="stated tolerance on each step's relative loss gap")
     f.add_argument("--ghg-batch", type=int, default=8, help="images of the GHG sampling check")
     f.add_argument("--ghg-steps", type=int, default=250, help="respaced steps of the GHG sampling check")
-    f.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale of the GHG check")
     return p
 
 
 def main(args: argparse.Namespace) -> None:
+    """Run one command. The device facts are written plainly (read only after this process ends): the atomic writer
+    needs torch, which they may report missing."""
     if args.command == "device":
-        facts = device_facts()
-        if "torch" in facts["missing_packages"]:  # infra.atomic_io needs torch; the orchestrator reads this later
-            Path(args.json).write_text(json.dumps(facts, indent=2) + "\n")
-        else:
-            write_json(args.json, facts)
-    elif args.command == "sample":
-        run_sample(args)
+        Path(args.json).write_text(json.dumps(device_facts(), indent=2) + "\n")
     else:
-        run_fp16(args)
+        {"sample": run_sample, "fp16": run_fp16}[args.command](args)
 
 
 if __name__ == "__main__":

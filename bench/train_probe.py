@@ -6,10 +6,7 @@
         --model GeCA-S --feature-path LATENTS --num-classes 11 --global-batch-size 128 ...
 
 train.py itself reports steps/s and images/s in `metrics.csv`. After it returns (or fails), this writes `run.json`:
-the peak CUDA memory of the process (allocated and reserved; on CPU the peak resident set size), whether it ran out of
-memory, the error if any, and the FLOPs of one training step counted by `torch.utils.flop_counter.FlopCounterMode`
-on one forward + backward of the diffusion loss (matrix products, convolutions and attention only, counted at batch 1
-and multiplied by the global batch: every counted operation is linear in the batch).
+the process's peak memory, whether it ran out of memory, the error if any, and the FLOPs of one training step.
 """
 
 from __future__ import annotations
@@ -22,34 +19,24 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu_workers import write_json
 from bench.timing import is_out_of_memory, resident_bytes
+from infra.stages import write_json
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
 
 def peak_memory(device_type: str) -> dict:
     """Peak memory of this process so far: CUDA allocator peaks on a GPU, peak resident set size (VmHWM) on CPU."""
-    if device_type != "cuda":
-        return {
-            "memory_kind": "cpu resident (VmHWM)",
-            "peak_bytes": resident_bytes("VmHWM"),
-            "peak_reserved_bytes": None,
-        }
-    peaks = {"peak_bytes": torch.cuda.max_memory_allocated(), "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
-    return {"memory_kind": "cuda allocated", **{k: int(v) for k, v in peaks.items()}}
+    if device_type == "cuda":
+        allocated, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+        return {"memory_kind": "cuda allocated", "peak_bytes": int(allocated), "peak_reserved_bytes": int(reserved)}
+    return {"memory_kind": "cpu resident (VmHWM)", "peak_bytes": resident_bytes("VmHWM"), "peak_reserved_bytes": None}
 
 
 def training_step_flops(train_args: argparse.Namespace, device: torch.device) -> int:
-    """FLOPs of one optimiser step's forward + backward at `--global-batch-size` (batch 1 counted, then scaled).
-
-    Args:
-        train_args: train.py's parsed flags (model, image size, classes, channels, batch, image space).
-        device: where to count (the ops dispatched are those of the training device).
-
-    Returns:
-        Total FLOPs (multiply-adds count 2) of the counted operations.
-    """
+    """FLOPs (multiply-adds count 2) of one optimiser step at train.py's `--global-batch-size`: FlopCounterMode over
+    one forward + backward of the diffusion loss at batch 1 (matrix products, convolutions and attention), times the
+    batch, since every counted operation is linear in it."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from diffusion import create_diffusion
@@ -85,8 +72,7 @@ def main(argv: list[str]) -> int:
     train_args = train.build_parser().parse_args(train_argv)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     result: dict = {"oom": False, "error": None, "train_argv": train_argv, "device": device_type}
-    status = 0
-    start = time.time()
+    status, start = 0, time.time()
     sys.argv = [str(TRAIN_SCRIPT), *train_argv]
     try:
         runpy.run_path(str(TRAIN_SCRIPT), run_name="__main__")
@@ -99,8 +85,7 @@ def main(argv: list[str]) -> int:
     if device_type == "cuda":
         result["device_name"] = torch.cuda.get_device_name()
     if status == 0 and not ours.no_flops:
-        if device_type == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
         result["flops_per_step"] = training_step_flops(train_args, torch.device(device_type))
     write_json(ours.probe_json, result)
     return status

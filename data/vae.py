@@ -101,6 +101,25 @@ def load_vae(vae: str, device: torch.device | str = "cpu") -> AutoencoderKL:
     return model.to(device).eval()
 
 
+def sd_vae_like(tiny: bool = False, seed: int = 0, sample_size: int = 256) -> AutoencoderKL:
+    """A randomly initialised AutoencoderKL shaped like SD-VAE (`stabilityai/sd-vae-ft-ema`: 3 -> 4 channels, /8).
+
+    Decoding cost depends on the shape, not on the weights, so random weights time the real decoder (the GPU check).
+    `tiny` keeps the block layout with 8-channel blocks: the tests' VAE and the GPU check's CPU dry run.
+    """
+    widths, layers, groups = ((8, 8, 8, 8), 1, 4) if tiny else ((128, 256, 512, 512), 2, 32)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=widths,
+            layers_per_block=layers,
+            norm_num_groups=groups,
+            sample_size=sample_size,
+        ).eval()
+
+
 def latent_scale(vae: AutoencoderKL) -> float:
     """The factor that maps the VAE's posterior samples to unit-variance latents: its `config.scaling_factor`.
 

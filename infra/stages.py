@@ -42,6 +42,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     write(path, text)
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file's object, or {} when it is missing or unreadable (a stage stopped before writing it)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: str | Path, data: dict, indent: int = 2) -> None:
+    """Replace `path` atomically with `data` as JSON (a reader never sees half a file)."""
+    atomic_write_text(Path(path), json.dumps(data, indent=indent, default=str) + "\n")
+
+
 TAIL_LINES = 30
 # Parallel runs: how often finished stages are looked for, and how often the running ones report their progress.
 POLL_S = 0.2
@@ -150,13 +163,7 @@ class Runner:
 
     def read_stamp(self, name: str, suffix: str = "") -> dict | None:
         """The stamp of a finished stage (or with suffix ".started", the marker of its last attempt), or None."""
-        path = self.stamp_path(name, suffix)
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return None
+        return read_json(self.stamp_path(name, suffix)) or None
 
     @staticmethod
     def _same_inputs(record: dict | None, stage: Stage, run_ids: dict[str, str]) -> bool:
@@ -219,7 +226,7 @@ class Runner:
         )
         if not continues:
             self._clear(stage)
-        atomic_write_text(self.stamp_path(stage.name, ".started"), json.dumps(attempt, indent=1) + "\n")
+        write_json(self.stamp_path(stage.name, ".started"), attempt, indent=1)
         return attempt, continues
 
     def _end(self, stage: Stage, attempt: dict, status: int, seconds: float, log_path: Path) -> dict:
@@ -238,7 +245,7 @@ class Runner:
             "run_id": uuid.uuid4().hex,
             "log": str(log_path),
         }
-        atomic_write_text(self.stamp_path(stage.name), json.dumps(stamp, indent=1) + "\n")
+        write_json(self.stamp_path(stage.name), stamp, indent=1)
         self.stamp_path(stage.name, ".started").unlink()
         return stamp
 

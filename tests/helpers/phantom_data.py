@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from diffusers import AutoencoderKL
 
 from data.phantoms import make_phantom_dataset
+from data.vae import sd_vae_like
 
 
 def make_phantom_oct(
@@ -53,19 +53,7 @@ def make_phantom_fundus(
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
     """A randomly initialised AutoencoderKL with the SD-VAE interface: 3 -> 4 latent channels, downsampling by 8."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 8, 8, 8),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=4,
-            sample_size=32,
-        ).eval()
+    return sd_vae_like(tiny=True, seed=seed, sample_size=32)
 
 
 def make_tiny_vae(path: str | Path, seed: int = 0) -> Path:
