@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from data.images import open_rgb
 
 
 def pixel_stats(images: np.ndarray) -> dict[str, float]:
@@ -27,8 +28,4 @@ def pixel_stats(images: np.ndarray) -> dict[str, float]:
 
 def load_images(paths: Sequence[Path]) -> np.ndarray:
     """(N, H, W, 3) uint8 array of the RGB images at `paths` (all of one size)."""
-    arrays = []
-    for path in paths:
-        with Image.open(path) as img:
-            arrays.append(np.asarray(img.convert("RGB")))
-    return np.stack(arrays)
+    return np.stack([np.asarray(open_rgb(path)) for path in paths])

@@ -66,19 +66,14 @@ NUM_CLASSES_OF = {"oct": NUM_CLASSES, "fundus": len(RETINAMNIST_LABELS)}
 
 @dataclass
 class Layout:
-    """Where each stage writes, under the output folder `out` (absolute).
-
-    The demo runs one OCT fold: everything lies under `out`. The study (demo/study.py) runs several folds of each
-    phantom kind: `shared` is then the kind's folder, holding what every fold uses (the phantoms, the domain VAE and
-    the corpus it learns from, the synthetic sets, whose names carry the fold, and the classification runs), while
-    `out` is the fold's own folder (latents, models, feature cache, reconstructions). The folders are attributes
-    set from these fields at construction.
+    """Where each stage writes, under the output folder `out` (absolute); the folders are set at construction.
 
     Attributes:
-        out: the fold's folder (the demo's output folder).
+        out: the fold's folder (the demo's output folder: everything of its one OCT fold lies under it).
         fold: the fold every stage runs (the study's pooled conditions use classify.py's "{fold}" placeholder).
         kind: phantom kind, "oct" or "fundus" (RetinaMNIST layout).
-        shared: the folder of what the folds share, or None (the demo: `out`).
+        shared: the study's folder of what its folds share (phantoms, domain VAE and its corpus, the synthetic
+            sets, whose names carry the fold, and the classification runs), or None (the demo: `out`).
         vae_corpus: the domain VAE learns from a separate phantom set in `{shared}/data/` (the study, like the
             paper's pretrained SD-VAE, shares one VAE across folds) instead of the fold's training images.
     """

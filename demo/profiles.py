@@ -29,35 +29,28 @@ class Profile:
         name: "full", "quick", "study" or "study-quick".
         num_images: phantom images (2 per patient), split into `folds` folds plus a `test_frac` test split.
         folds: folds written (the demo trains and evaluates fold 0 only, the study the first --folds).
-        test_frac: fraction of patients held out as the test split of the classification study.
-        image_size: side in pixels of the phantoms; the latents are image_size / 8 on a side.
-        vae_steps: optimiser steps of the domain VAE (train_vae.py).
-        vae_batch: its batch size.
+        test_frac: fraction of patients held out as the classification study's test split.
+        image_size: phantom side in pixels; the latents are image_size / 8 on a side.
+        vae_steps, vae_batch: optimiser steps and batch of the domain VAE (train_vae.py).
         batch_size: training batch of the denoisers.
-        epochs: training epochs of GeCA-T (the cellular model).
-        baseline_epochs: training epochs of the baselines LDM-T and DiT-T/2. Each denoiser trains until its samples
-            settle and show their labels (docs/DEMO.md): GeCA-T's GHG samples settle at about 2000 steps and its
-            label fidelity levels off by 2500; the baselines need about 4000, which they run in a fraction of GeCA's
-            time, so they get them.
-        validate_every: epochs between validations of GeCA-T (KID of `val_samples` images, best_ckpt.pt
-            selection); chosen so the last epoch is validated.
-        baseline_validate_every: the same for the baselines.
-        val_samples: images per validation, at most the whole validation split (118 images in the full profile),
-            so that each KID's standard error is small against the differences the choice acts on (docs/DEMO.md,
-            "Checkpoint choice").
+        epochs, baseline_epochs: training epochs of GeCA-T and of the baselines (LDM-T, DiT-T/2). Each trains until
+            its samples settle and show their labels (docs/DEMO.md): GeCA-T's GHG samples settle at about 2000 steps,
+            its label fidelity levels off by 2500; the baselines need about 4000, cheap next to GeCA's time.
+        validate_every, baseline_validate_every: epochs between validations (KID of `val_samples` images, the
+            best_ckpt.pt choice); chosen so the last epoch is validated.
+        val_samples: images per validation, at most the whole validation split (118 in the full profile), so each
+            KID's standard error is small against the differences the choice acts on (docs/DEMO.md, "Checkpoint
+            choice").
         best_rule: train.py's --best-rule: `within-noise` keeps the latest validation whose KID the noise cannot
             tell from the lowest (the reference's `lowest` chose a noisy early checkpoint, docs/DEMO.md).
         lr: AdamW learning rate of the denoisers (the reference's 1e-4 needs far more steps than a demo has).
         ema_decay: EMA decay per step (the reference's 0.9999 needs hundreds of thousands of steps).
         log_every: steps between logged training losses (the points of the training curve).
-        sampling_steps: respaced sampling steps of the synthetic sets (and of each validation).
-        sample_batch: images per sampling batch.
+        sampling_steps, sample_batch: respaced sampling steps (also of each validation) and images per batch.
         expand_ratio: synthetic images per training label vector (the paper uses 5; 1 keeps the demo's
-            classification study within its time budget). GeCA without GHG gets a validation copy only (image
-            quality and pixel statistics), no augmentation set.
+            classification study within its time budget). GeCA without GHG gets a validation copy only.
         cfg_scale: guidance scale of every synthetic set (GHG for GeCA).
-        cls_epochs: epochs of each downstream classifier.
-        cls_batch: batch of the downstream classifier.
+        cls_epochs, cls_batch: epochs and batch of each downstream classifier.
         cls_lr: its SGD learning rate (the protocol's 1e-3 stays at chance with a tiny CNN and minutes of training).
         cls_seeds: classifier seeds; at least two give paired p-values.
     """

@@ -2,12 +2,8 @@
 
     python -m demo.report --out demo_out
 
-Sections: dataset label counts and real images; the domain VAE (PSNR, scaling factor, reconstructions); training
-curves; real | VAE reconstruction | generated sample grids with pixel statistics; the image-quality table in the layout
-of the paper's Table A; the classification table in the layout of its Table B with the label-fidelity scores; the
-issue's acceptance checks computed from the outputs; stage times; the exact command of every stage. The prose is the
-block template `demo/templates/report.md`; this module computes the values, and holds what the study's report
-(demo/study_report.py) shares with it. Figures go to `{out}/report_assets/`.
+The prose, section by section, is the block template `demo/templates/report.md`; this module computes the values
+(tables, figures in `{out}/report_assets/`, the acceptance checks) and holds what demo/study_report.py shares.
 """
 
 from __future__ import annotations
@@ -94,10 +90,14 @@ def multiline_command(command: str, width: int = 100) -> str:
     return " \\\n    ".join(lines)
 
 
+def read_json(path: Path, missing: object = None) -> object:
+    """The JSON file at `path`, or `missing` when a stage has not written it yet."""
+    return json.loads(path.read_text()) if path.is_file() else missing
+
+
 def read_metrics(lay: Layout, p: Profile, v: Variant) -> dict | None:
     """evaluate.py's metrics JSON of one synthetic set (None before its evaluate stage has written it)."""
-    path = lay.sample_folder(v, p) / f"metrics_{lay.fold}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(lay.sample_folder(v, p) / f"metrics_{lay.fold}.json")
 
 
 def metric_cell(entries: Sequence[dict | None], key: str) -> str:
@@ -109,18 +109,14 @@ def metric_cell(entries: Sequence[dict | None], key: str) -> str:
         return "–"
     if not all(f["available"] for f in found):
         return "n/a"
-    if key.startswith("KID"):
-        values, spread = [f["mean_x1e3"] for f in found], [f["se_x1e3"] for f in found]
-    elif key == "LPIPS":
-        values, spread = [f["mean"] for f in found], [f["std"] for f in found]
-    else:
-        values, spread = [f["value"] for f in found], None
-    digits = 1 if key.startswith("KID") else 2
+    kid = key.startswith("KID")
+    mean, spread = ("mean_x1e3", "se_x1e3") if kid else {"LPIPS": ("mean", "std")}.get(key, ("value", None))
+    values, digits = [f[mean] for f in found], 1 if kid else 2
     if not all(math.isfinite(x) for x in values):
         return "n/a (NaN)"
     if len(values) > 1:
         return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-    return f"{values[0]:.{digits}f}" + (f" ± {spread[0]:.{digits}f}" if spread else "")
+    return f"{values[0]:.{digits}f}" + (f" ± {found[0][spread]:.{digits}f}" if spread else "")
 
 
 def quality_table(headers: Sequence[str], metrics: Sequence[dict], keys: Sequence[str], params: dict) -> str:
@@ -218,13 +214,8 @@ def parameter_counts(models: Sequence[str], image_size: int) -> dict[str, int]:
     """Parameters of each model as the demo builds it (4-channel latents of side image_size / 8, 11 labels)."""
     from models import DiT_models
 
-    return {
-        m: sum(
-            t.numel()
-            for t in DiT_models[m](input_size=image_size // 8, num_classes=NUM_CLASSES, in_channels=4).parameters()
-        )
-        for m in models
-    }
+    nets = {m: DiT_models[m](input_size=image_size // 8, num_classes=NUM_CLASSES, in_channels=4) for m in models}
+    return {m: sum(t.numel() for t in net.parameters()) for m, net in nets.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,15 +239,12 @@ def dataset_section(lay: Layout, p: Profile) -> str:
 
 
 def vae_section(lay: Layout, p: Profile, results: dict) -> str:
-    path = lay.vae_run / "vae_report.json"
-    if not path.is_file():
+    rep = read_json(lay.vae_run / "vae_report.json")
+    if rep is None:
         return part("vae_missing")
-    rep = json.loads(path.read_text())
     if (lay.vae_run / "reconstructions.png").is_file():
         shutil.copyfile(lay.vae_run / "reconstructions.png", lay.assets / "vae_reconstructions.png")
-    fidelity = label_fidelity(results)
-    recon = macro_auc((fidelity.get(RECON_SET) or {}).get("gan_test"))
-    real = macro_auc((fidelity.get(REAL_REFERENCE) or {}).get("gan_test"))
+    recon, real = (gan_test_auc(results, name) for name in (RECON_SET, REAL_REFERENCE))
     recon_label = part("recon_label_missing")
     if recon is not None:
         recon_label = part("recon_label", recon=f"{recon:.3f}", real="n/a" if real is None else f"{real:.3f}")
@@ -276,10 +264,10 @@ def vae_section(lay: Layout, p: Profile, results: dict) -> str:
 
 
 def training_section(lay: Layout, p: Profile, models: list[str], params: dict[str, int]) -> str:
+    """The training table and curves of `models` from train.py's metrics.csv, loss_curve.png and best_ckpt.json."""
     rows, loss, kid = [], [], []
     for model in models:
-        exp = lay.experiment(model)
-        csv_path = exp / "metrics.csv"
+        exp, csv_path = lay.experiment(model), lay.experiment(model) / "metrics.csv"
         metrics = list(csv.DictReader(csv_path.read_text().splitlines())) if csv_path.is_file() else []
         if (exp / "loss_curve.png").is_file():
             shutil.copyfile(exp / "loss_curve.png", lay.assets / f"loss_{model_tag(model)}.png")
@@ -291,19 +279,13 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
         ]
         loss.append(Series(losses, model))
         kid.append(Series([(s, k) for s, k, _ in kids], model, "o-"))
-        best = exp / "checkpoints" / "best_ckpt.json"  # which validation's weights best_ckpt.pt holds, and why
-        record = json.loads(best.read_text()) if best.is_file() else None
-        rows.append(
-            [
-                model,
-                PAPER_MODELS[model],
-                human_count(params[model]),
-                str(max((int(r["step"]) for r in metrics), default=0)),
-                f"{losses[-1][1]:.4f} (step {losses[-1][0]})" if losses else "n/a",
-                ", ".join(f"{k:.1f} ± {e:.1f} (step {s})" for s, k, e in kids) or "n/a",
-                f"step {record['step']}: {record['reason']}" if record else "n/a",
-            ]
-        )
+        # Which validation's weights best_ckpt.pt holds, and why.
+        record = read_json(exp / "checkpoints" / "best_ckpt.json")
+        steps = str(max((int(r["step"]) for r in metrics), default=0))
+        last = f"{losses[-1][1]:.4f} (step {losses[-1][0]})" if losses else "n/a"
+        kid_cells = ", ".join(f"{k:.1f} ± {e:.1f} (step {s})" for s, k, e in kids) or "n/a"
+        why = f"step {record['step']}: {record['reason']}" if record else "n/a"
+        rows.append([model, PAPER_MODELS[model], human_count(params[model]), steps, last, kid_cells, why])
     plot_panels(
         lay.assets / "training_curves.png",
         [
@@ -312,8 +294,8 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
         ],
         figsize=(10, 3.6),
     )
-    curves = {m: f"loss_{model_tag(m)}.png" for m in models if (lay.assets / f"loss_{model_tag(m)}.png").is_file()}
-    links = ", ".join(f"[{m}](report_assets/{name})" for m, name in curves.items())
+    curves = [f"loss_{model_tag(m)}.png" for m in models]
+    links = ", ".join(f"[{m}](report_assets/{c})" for m, c in zip(models, curves) if (lay.assets / c).is_file())
     header = ["Model", "stands in for", "#Params", "steps", "final train loss"]
     header += ["validation KID × 1e3 ± standard error", "sampled from: best_ckpt.pt (why)"]
     return part(
@@ -375,27 +357,17 @@ def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
     metrics = {label: [r["metrics"] if r else None] for label, r in reports.items()}
     notes = []
     for label, r in reports.items():
-        for key, _ in QUALITY_COLUMNS if r else ():
-            entry, note = r["metrics"].get(key), ""
+        for key, entry in ((key, r["metrics"].get(key)) for key, _ in QUALITY_COLUMNS) if r else ():
             if entry and not entry["available"]:
-                note = f"{key} unavailable: {entry['reason']}"
+                notes.append(f"{key} unavailable: {entry['reason']}")
             elif entry and key.startswith("GG") and not math.isfinite(entry["value"]):
-                note = "GG is NaN (too few images for the FLD fit)."
-            if note and note not in notes:
-                notes.append(note)
+                notes.append("GG is NaN (too few images for the FLD fit).")
         if r is None:
             notes.append(f"{label}: no metrics_{FOLD}.json")
-    found = [r for r in reports.values() if r]
-    kid_note = ""
-    if found:
-        counts = found[-1]["counts"]
-        kid_note = part(
-            "kid_note",
-            generated=counts["generated"],
-            real_val=counts.get("real_val", "n/a"),
-            real_train=counts.get("real_train", "n/a"),
-            recon_row=RECON_ROW,
-        )
+    counts = [r["counts"] for r in reports.values() if r]  # the last set's image counts, "n/a" where absent
+    kid_note = (
+        part("kid_note", counts[-1], {"real_val": "n/a", "real_train": "n/a"}, recon_row=RECON_ROW) if counts else ""
+    )
     kids = {label: r["metrics"]["KID_recon"] for label, r in reports.items() if r and "KID_recon" in r["metrics"]}
     return part(
         "quality",
@@ -404,7 +376,7 @@ def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
             [h for _, h in QUALITY_COLUMNS], [metrics], [k for k, _ in QUALITY_COLUMNS], params
         ),
         kid_verdict=kid_verdict(kids),
-        notes="\n".join(f"- {n}" for n in notes),
+        notes="\n".join(f"- {n}" for n in dict.fromkeys(notes)),  # each note once
     )
 
 
@@ -427,6 +399,11 @@ def label_fidelity(results: dict) -> dict[str, dict]:
     return {row["name"]: row for row in results.get("label_fidelity", {}).get("summary", [])}
 
 
+def gan_test_auc(results: dict, name: str) -> float | None:
+    """The GAN-test macro AUC of label-fidelity row `name` (None when absent)."""
+    return macro_auc((label_fidelity(results).get(name) or {}).get("gan_test"))
+
+
 def macro_auc(entry: dict | None) -> float | None:
     """Mean macro AUC (0-1) of a results.json summary entry or label-fidelity score, None when absent or NaN."""
     auc = (entry or {}).get("metrics", {}).get("AUC", {}).get("mean")
@@ -445,11 +422,10 @@ def checks_section(results: dict, stats: dict[str, dict[str, float]], quick: boo
     baseline = macro_auc(summary.get("geometric"))
     what = "real-only baseline classifier: test macro AUC"
     check(what, baseline, (baseline or 0) >= MIN_BASELINE_AUC, f">= {MIN_BASELINE_AUC}")
-    fidelity = label_fidelity(results)
     real_sat = stats.get("real (validation)", {}).get("saturated")
     for v in VARIANTS:
-        if v in STUDIED or v.tag in fidelity:
-            auc = macro_auc((fidelity.get(v.tag) or {}).get("gan_test"))
+        if v in STUDIED or v.tag in label_fidelity(results):
+            auc = gan_test_auc(results, v.tag)
             what = f"{v.label}: label fidelity (GAN-test macro AUC of the validation copy)"
             check(what, auc, (auc or 0) >= MIN_GAN_TEST_AUC, f">= {MIN_GAN_TEST_AUC}")
         sat = stats.get(v.label, {}).get("saturated")
@@ -472,8 +448,7 @@ def main(args: argparse.Namespace) -> Path:
     stages = build_stages(p, lay, config["device"])
     lay.assets.mkdir(parents=True, exist_ok=True)
     params = parameter_counts(models, p.image_size)
-    results_path = lay.classify / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = read_json(lay.classify / "results.json", {})
     written = datetime.datetime.now().isoformat(timespec="seconds")
     quick_flag = " QUICK=1" if p.name == "quick" else ""
     head = part("head", config, profile=p.name, written=written, quick_flag=quick_flag, models=", ".join(models))

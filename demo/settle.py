@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from data.datasets import fold_csv_path
+from data.images import open_rgb
 from data.labels import OCT_LABELS
 from data.transforms import center_crop_arr
 from data.vae import load_vae
@@ -40,9 +40,7 @@ from synthesis.generate import noise_seed, sample_images
 def real_validation(data_path: Path, fold: int, size: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `count` validation images (centre-cropped to `size`, uint8 NHWC) and their label vectors."""
     frame = read_fold_csv(fold_csv_path(data_path, "val", fold))[:count]
-    images = [
-        np.asarray(center_crop_arr(Image.open(data_path / name).convert("RGB"), size)) for name in frame["filename"]
-    ]
+    images = [np.asarray(center_crop_arr(open_rgb(data_path / name), size)) for name in frame["filename"]]
     return np.stack(images), frame[list(OCT_LABELS)].to_numpy(dtype=np.float32)
 
 

@@ -34,14 +34,9 @@ FOLD_PLACEHOLDER = "{fold}"
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """What the study runs.
-
-    Attributes:
-        profile: the sizes of every fold's stages (demo.profiles.STUDY or STUDY_QUICK).
-        out: the study's output folder (absolute).
-        folds: OCT folds run (0 .. folds-1 of MAX_FOLDS); the fundus phantoms have one fixed split.
-        device: device of sampling, metrics and classification.
-    """
+    """What the study runs: every fold's sizes (`profile`: STUDY or STUDY_QUICK), the output folder `out` (absolute),
+    the OCT folds run (0 .. folds-1 of MAX_FOLDS; fundus has one fixed split) and the device of sampling, metrics and
+    classification."""
 
     profile: Profile
     out: Path

@@ -22,21 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from data.validate import read_fold_csv
+from demo import report
 from demo.plan import VARIANTS, Variant
 from demo.profiles import CELLULAR_MODEL, DEMO_MODELS, Profile
-from demo.report import (
-    RECON_ROW,
-    commands_section,
-    demoted,
-    parameter_counts,
-    quality_table,
-    read_metrics,
-    read_stamps,
-    sample_figure,
-    template_values,
-    timing_section,
-    wall_seconds,
-)
 from demo.study import CLASSIFIED_KIND, KINDS, StudyPlan, build_study_stages
 from downstream.significance import paired_test, stars
 from infra.atomic_io import atomic_write_text
@@ -65,7 +53,9 @@ METRICS = (
 def load_metrics(plan: StudyPlan, kind: str) -> dict[str, list[dict | None]]:
     """{variant label: per fold, evaluate.py's metrics dict (None where the stage has not written it)}."""
     layouts = [plan.layout(kind, fold) for fold in plan.folds_of(kind)]
-    return {v.label: [(read_metrics(lay, plan.profile, v) or {}).get("metrics") for lay in layouts] for v in VARIANTS}
+    return {
+        v.label: [(report.read_metrics(lay, plan.profile, v) or {}).get("metrics") for lay in layouts] for v in VARIANTS
+    }
 
 
 def quality_claims(metrics: dict[str, dict]) -> tuple[str, str]:
@@ -170,9 +160,9 @@ def main(args: argparse.Namespace) -> Path:
     profile = Profile.from_dict(config["profile"])
     plan = StudyPlan(profile, out, config["study_folds"], config["device"])
     stages = build_study_stages(plan)
-    stamps = read_stamps(out, stages)
+    stamps = report.read_stamps(out, stages)
     (out / "report_assets").mkdir(parents=True, exist_ok=True)
-    params = parameter_counts(DEMO_MODELS, profile.image_size)
+    params = report.parameter_counts(DEMO_MODELS, profile.image_size)
     metrics = {kind: load_metrics(plan, kind) for kind in KINDS}
     headers = [f"{KIND_TITLES[kind]} {title}" for kind in KINDS for _, title in METRICS]
     quality_tests_table, quality_sentence = quality_claims(metrics)
@@ -181,32 +171,32 @@ def main(args: argparse.Namespace) -> Path:
         json.loads((classify_dir / "results.json").read_text())
     )
     for kind in KINDS:  # the figures section 3 of the template shows
-        sample_figure(plan.layout(kind, 0), profile, out / "report_assets" / f"samples_{kind}.png")
+        report.sample_figure(plan.layout(kind, 0), profile, out / "report_assets" / f"samples_{kind}.png")
     values = {
         "written": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": git_commit(),
         "machine": f"{platform.machine()}, {config['cpu_count']} CPU core(s), device {config['device']}",
-        "wall": f"{wall_seconds(stamps) / 60:.1f} min",
+        "wall": f"{report.wall_seconds(stamps) / 60:.1f} min",
         "profile": profile.name,
         "fold_list": ", ".join(map(str, plan.folds_of(CLASSIFIED_KIND))),
-        "recon_row": RECON_ROW,
+        "recon_row": report.RECON_ROW,
         "seeds": len(profile.cls_seeds),
         "pairs": plan.folds * len(profile.cls_seeds),
         "latent": profile.image_size // 8,
         "val_count": len(read_fold_csv(plan.layout(CLASSIFIED_KIND, 0).data / "val_0.csv")),
         "fundus_test_count": len(read_fold_csv(plan.layout("fundus", 0).data / "test_0.csv")),
-        "table_a": quality_table(headers, [metrics[k] for k in KINDS], [k for k, _ in METRICS], params),
+        "table_a": report.quality_table(headers, [metrics[k] for k in KINDS], [k for k, _ in METRICS], params),
         "quality_tests": quality_tests_table,
         "quality_sentence": quality_sentence,
-        "table_b": demoted((classify_dir / "results.md").read_text()),
+        "table_b": report.demoted((classify_dir / "results.md").read_text()),
         "classification_tests": claims_table,
         "gains_sentence": gains_sentence,
         "ranking_sentence": ranking_sentence,
-        "timing": timing_section(stages, stamps, config["jobs"], heading="## 5. Stage times"),
-        "commands": commands_section(stages, heading="## 6. The commands of every stage"),
+        "timing": report.timing_section(stages, stamps, config["jobs"], heading="## 5. Stage times"),
+        "commands": report.commands_section(stages, heading="## 6. The commands of every stage"),
     }
     names = placeholders(TEMPLATE.read_text())
-    atomic_write_text(plan.report, render(TEMPLATE, template_values(names, [config, profile.as_dict()], values)))
+    atomic_write_text(plan.report, render(TEMPLATE, report.template_values(names, [config, profile.as_dict()], values)))
     print(f"wrote {plan.report}")
     return plan.report
 
