@@ -19,6 +19,7 @@ from data.labels import RETINAMNIST_LABELS
 from demo.profiles import CELLULAR_MODEL, DEMO_MODELS, FOLD, NUM_CLASSES, Profile
 from infra.naming import model_tag, sample_folder_name
 from infra.stages import REPO_ROOT, Stage
+from infra.templates import fill_block
 
 # The reference's ancestral sampler.
 SAMPLER = "ddpm"
@@ -32,6 +33,13 @@ EXTRACT_PROCS = 2
 DEMO_AUGMENTATION = (
     "--aug-rotation", "10", "--aug-jitter", "0.1", "--aug-zoom-range", "0.1", "--aug-crop-scale", "0.85",
 )  # fmt: skip
+# The stages' one-line descriptions: a block per stage, named like it, and a block per alternative wording.
+STAGE_TEMPLATE = Path(__file__).with_name("templates") / "stages.md"
+
+
+def describe(block: str, /, *sources: dict, **values: object) -> str:
+    """Block `block` of the stage descriptions with `values` filled in, and what else it names from `sources`."""
+    return fill_block(STAGE_TEMPLATE, block, *sources, **values)
 
 
 @dataclass(frozen=True)
@@ -129,40 +137,38 @@ class Layout:
 def _data_stage(p: Profile, lay: Layout, corpus: bool = False) -> Stage:
     """The phantoms every fold uses, or with `corpus` the separate set the study's domain VAE learns from."""
     root = lay.vae_data if corpus else lay.data
-    what = "phantom OCT B-scans" if lay.kind == "oct" else "phantom fundus photographs (RetinaMNIST layout)"
     command = (
         "python", "-m", "data.phantoms", "--kind", lay.kind, "--out", lay.shown(root),
         "--num-images", str(p.num_images), "--folds", str(p.folds), "--size", str(p.image_size),
         "--seed", str(VAE_CORPUS_SEED if corpus else 0), "--test-frac", str(p.test_frac),
         *(("--retinamnist-npz",) if lay.kind == "fundus" else ()),
     )  # fmt: skip
-    description = (
-        f"draw {p.num_images} {what} ({p.image_size} px, {lay.num_classes} labels) with {p.folds} patient-wise "
-        f"folds and a {p.test_frac:.0%} test split"
-        + (f", seed {VAE_CORPUS_SEED}: the domain VAE's own training images" if corpus else "")
+    description = describe(
+        "data",
+        p.as_dict(),
+        phantoms=describe(f"phantoms-{lay.kind}"),
+        num_classes=lay.num_classes,
+        test_frac=f"{p.test_frac:.0%}",
+        corpus=describe("corpus", seed=VAE_CORPUS_SEED) if corpus else "",
     )
     outputs = tuple(root / f"{split}_{FOLD}.csv" for split in ("train", "val", "test"))
     return Stage("vae-data" if corpus else "data", description, command, outputs=outputs, clears=(root,))
 
 
 def _vae_stage(p: Profile, lay: Layout) -> Stage:
-    source = "a separate phantom set's" if lay.vae_corpus else f"fold {FOLD}'s"
     command = (
         "python", "train_vae.py", "--data-path", lay.shown(lay.vae_data), "--dataset", lay.dataset,
         "--fold", str(FOLD), "--image-size", str(p.image_size), "--out", lay.shown(lay.vae_run),
         "--steps", str(p.vae_steps), "--batch-size", str(p.vae_batch),
         "--global-seed", str(GLOBAL_SEED), "--num-workers", "0",
     )  # fmt: skip
-    description = (
-        f"train the domain VAE (AutoencoderKL, downsampling 8, 4 latent channels) on {source} training "
-        f"images for {p.vae_steps} steps of batch {p.vae_batch}; scaling factor from its latents, PSNR on val"
-    )
+    source = describe("source-corpus") if lay.vae_corpus else describe("source-fold", fold=FOLD)
+    description = describe("train-vae", p.as_dict(), source=source)
     deps = ("vae-data",) if lay.vae_corpus else ("data",)
     return Stage("train-vae", description, command, deps, outputs=(lay.vae / "config.json",), clears=(lay.vae_run,))
 
 
 def _extract_stage(p: Profile, lay: Layout) -> Stage:
-    latent = p.image_size // 8
     command = (
         "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(EXTRACT_PROCS),
         "extract_features.py", "--data-path", lay.shown(lay.data), "--dataset", lay.dataset,
@@ -170,10 +176,7 @@ def _extract_stage(p: Profile, lay: Layout) -> Stage:
         "--global-batch-size", "32", "--fold", str(lay.fold), "--global-seed", str(GLOBAL_SEED),
         "--num-workers", "0",
     )  # fmt: skip
-    description = (
-        f"encode fold {lay.fold}'s training images into {latent}x{latent}x4 latents with the domain VAE, "
-        f"{EXTRACT_PROCS} processes under torchrun"
-    )
+    description = describe("extract", fold=lay.fold, latent=p.image_size // 8, procs=EXTRACT_PROCS)
     outputs = (lay.features / f"features_{lay.fold}", lay.features / f"labels_{lay.fold}")
     return Stage("extract", description, command, ("train-vae",), outputs, clears=(lay.features,))
 
@@ -193,10 +196,13 @@ def _train_stage(model: str, p: Profile, lay: Layout) -> Stage:
         "--val-mode", "final", "--cfg-scale", str(p.cfg_scale), "--num-sampling-steps", str(p.sampling_steps),
         "--global-seed", str(GLOBAL_SEED), "--num-workers", "0", "--log-every", str(p.log_every),
     )  # fmt: skip
-    description = (
-        f"train {model} on the {p.image_size // 8}x{p.image_size // 8}x4 latents for {p.epochs_of(model)} epochs "
-        f"of batch {p.batch_size}, validating (KID of {p.val_samples} decoded samples) every "
-        f"{p.validate_every_of(model)} epochs; best_ckpt.pt by the {p.best_rule} rule"
+    description = describe(
+        "train",
+        p.as_dict(),
+        model=model,
+        latent=p.image_size // 8,
+        epochs=p.epochs_of(model),
+        validate_every=p.validate_every_of(model),
     )
     outputs = (lay.checkpoint(model), lay.experiment(model) / "metrics.csv")
     return Stage(f"train-{model_tag(model)}", description, command, ("extract",), outputs, (lay.results(model),))
@@ -206,17 +212,13 @@ def _sample_stage(v: Variant, p: Profile, lay: Layout, device: str, aug: bool) -
     """sample_ddp_val.py's validation copy of one synthetic set (one image per validation label vector) or, with
     `aug`, sample_ddp.py's augmentation set (every training label vector expand_ratio times)."""
     folder = lay.sample_folder(v, p)
-    ghg = ""  # the words on guidance, for the cellular model
+    generator = v.model  # with the words on guidance for the cellular model
     if v.model == CELLULAR_MODEL:
-        ghg = " with GHG" if v.ghg else " without GHG (a fresh seed cell at every step)"
+        generator = describe("generator-ghg" if v.ghg else "generator-noghg", model=v.model)
     if aug:
         script, data, ratio, split, images = "sample_ddp.py", lay.features, p.expand_ratio, "train", "gen_samples"
-        what = f"the {ratio}x augmentation set with {v.model}{ghg}: every training label vector {ratio} time(s)"
-        decoded = ""
     else:
         script, data, ratio, split, images = "sample_ddp_val.py", lay.data, 1, "val", "gen_samples_val"
-        what = f"the validation copy with {v.model}{ghg}: one image per val_{lay.fold}.csv label vector"
-        decoded = ", decoded by the domain VAE"
     labels = folder / f"{split}_syn_{lay.fold}.csv"
     command = (
         "python", script,
@@ -228,9 +230,10 @@ def _sample_stage(v: Variant, p: Profile, lay: Layout, device: str, aug: bool) -
         "--per-proc-batch-size", str(p.sample_batch), "--global-seed", str(GLOBAL_SEED), "--device", device,
         *(() if v.ghg else ("--no-ghg",)), "--data-path", lay.shown(data), "--expand_ratio", str(ratio),
     )  # fmt: skip
-    description = f"synthesise {what}, {p.sampling_steps} {SAMPLER.upper()} steps, CFG {p.cfg_scale}{decoded}"
+    step = f"sample-{'aug' if aug else 'val'}"  # the block; the fold a source, as only the validation copy names it
+    description = describe(step, p.as_dict(), {"fold": lay.fold}, generator=generator, sampler=SAMPLER.upper())
     deps = ("extract" if aug else "data", "train-vae", f"train-{model_tag(v.model)}")
-    name = f"sample-{'aug' if aug else 'val'}-{v.tag}"
+    name = f"{step}-{v.tag}"
     return Stage(name, description, command, deps, (labels,), clears=(folder / images, labels), resumable=True)
 
 
@@ -250,22 +253,18 @@ def _reference_stage(p: Profile, lay: Layout, device: str, recon: bool) -> Stage
     reconstructions (once it has), cached for every evaluate stage (otherwise the first two, running side by side,
     would both compute them)."""
     name = "reference-recon" if recon else "reference-features"
-    what = "the domain VAE's reconstructions of the real images" if recon else "the real validation and training images"
     out = lay.feature_cache / f"{name}.json"
     command = _evaluate_command(p, lay, device, "--reference-only", "--out", lay.shown(out), recon=recon)
     deps = ("data", "train-vae", "reference-features") if recon else ("data",)
-    return Stage(name, f"Inception features of {what}, cached for the evaluate stages", command, deps, (out,))
+    return Stage(name, describe(name), command, deps, (out,))
 
 
 def _evaluate_stage(v: Variant, p: Profile, lay: Layout, device: str) -> Stage:
     folder = lay.sample_folder(v, p)
-    description = (
-        f"KID and GG (Inception features) and LPIPS (when its AlexNet weights are present) of {v.label}'s "
-        "validation copy against the real validation images and against their domain-VAE reconstructions"
-    )
     command = _evaluate_command(p, lay, device, "--gen", lay.shown(folder))
     deps = ("data", "reference-recon", f"sample-val-{v.tag}")
-    return Stage(f"evaluate-{v.tag}", description, command, deps, (folder / f"metrics_{lay.fold}.json",))
+    outputs = (folder / f"metrics_{lay.fold}.json",)
+    return Stage(f"evaluate-{v.tag}", describe("evaluate", label=v.label), command, deps, outputs)
 
 
 def _classify_command(
@@ -304,26 +303,16 @@ def _classify_stages(p: Profile, lay: Layout, device: str) -> tuple[Stage, list[
     (real + synthetic, and synthetic only), then the whole study, which trains nothing new and adds the
     label-fidelity scores of every validation copy."""
     results = (lay.classify / "results.json",)
-    description = (
-        f"downstream classifiers on real data only (fold {lay.fold}): geometric augmentation (the baseline) and no "
-        f"augmentation; tiny CNN, {p.cls_epochs} epochs, {len(p.cls_seeds)} seeds"
-    )
+    description = describe("classify-real", p.as_dict(), fold=lay.fold, seeds=len(p.cls_seeds))
     command = _classify_command(p, lay, device, ["geometric", "noaug"])
     real = Stage("classify-real", description, command, ("data",), results, (lay.classify,), resumable=True)
     parts = []
     for v in STUDIED:
-        description = (
-            f"classifiers trained on real + {v.label}'s {p.expand_ratio}x set, and on that set alone (GAN-train); "
-            "the baseline runs are reused"
-        )
+        description = describe("classify-set", p.as_dict(), label=v.label)
         command = _classify_command(p, lay, device, ["geometric", *_synthetic_conditions(v, p, lay)])
         deps = ("classify-real", f"sample-val-{v.tag}", f"sample-aug-{v.tag}")
         parts.append(Stage(f"classify-{v.tag}", description, command, deps, results, resumable=True))
-    description = (
-        f"the downstream study on fold {lay.fold}: every condition (finished runs reused), paired tests against "
-        "the baseline, and label fidelity (GAN-test: the baseline classifiers score each validation copy against "
-        "the labels it was generated for; GAN-train: trained on synthetic images only, tested on real ones)"
-    )
+    description = describe("classify", fold=lay.fold)
     command = _classify_command(p, lay, device, all_conditions(p, lay))
     scored_only = (f"sample-val-{v.tag}" for v in VARIANTS if v not in STUDIED)
     deps = ("classify-real", *(s.name for s in parts), "reference-recon", *scored_only)
@@ -357,9 +346,5 @@ def build_stages(p: Profile, lay: Layout, device: str) -> list[Stage]:
         if v in parts:
             stages.append(parts[v])
     stages.append(classify_all)
-    description = (
-        "write REPORT.md: dataset, VAE reconstructions, training curves, samples, image-quality, classification and "
-        "label-fidelity tables"
-    )
     command = ("python", "-m", "demo.report", "--out", lay.shown(lay.out))
-    return [*stages, Stage("report", description, command, tuple(s.name for s in stages), (lay.report,))]
+    return [*stages, Stage("report", describe("report"), command, tuple(s.name for s in stages), (lay.report,))]

@@ -32,7 +32,7 @@ from infra.markdown import markdown_table
 from infra.naming import model_tag
 from infra.plots import Panel, Series, image_grid, plot_image_grids, plot_panels
 from infra.stages import Runner, Stage, format_seconds
-from infra.templates import blocks, placeholders, render_block
+from infra.templates import fill_block
 from metrics.kid import kid_difference
 from training.selection import NOISE_Z
 
@@ -56,18 +56,14 @@ QUALITY_COLUMNS = (
 )
 # The reconstruction row's metrics, in the same columns (against the real images; nothing vs itself).
 FLOOR_KEYS = {"KID": "KID_floor", "GG": "GG_floor"}
+# The report's fixed values: any block may name them without being given them.
+FIXED = {"fold": FOLD, "tile": GRID_TILE, "sampler": SAMPLER.upper(), "recon_row": RECON_ROW}
 
 
-def template_values(names: set[str], sources: Sequence[dict], values: dict[str, object]) -> dict[str, str]:
-    """str() of `values`, plus each placeholder of `names` they lack from the first of `sources` (a profile's
-    fields, a run's config) that has it."""
-    found = {n: next(s[n] for s in sources if n in s) for n in names - values.keys() if any(n in s for s in sources)}
-    return {k: str(v) for k, v in {**found, **values}.items()}
-
-
-def part(block: str, *sources: dict, **values: object) -> str:
-    """Block `block` of the report template with `values` filled in, and what else it names from `sources`."""
-    return render_block(TEMPLATE, block, template_values(placeholders(blocks(TEMPLATE)[block]), sources, values))
+def part(block: str, /, *sources: dict, **values: object) -> str:
+    """Block `block` of the report template with `values` filled in, and what else it names from FIXED and
+    `sources`."""
+    return fill_block(TEMPLATE, block, FIXED, *sources, **values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,9 +228,7 @@ def dataset_section(lay: Layout, p: Profile) -> str:
         "dataset",
         p.as_dict(),
         test_frac=f"{p.test_frac:.0%}",
-        fold=FOLD,
         label_table=markdown_table(["split", "images", *OCT_LABELS], rows),
-        tile=GRID_TILE,
     )
 
 
@@ -253,7 +247,6 @@ def vae_section(lay: Layout, p: Profile, results: dict) -> str:
         p.as_dict(),
         rep,  # psnr_definition, steps, train_images as train_vae.py wrote them
         latent=p.image_size // 8,
-        fold=FOLD,
         psnr=f"{rep['psnr_db']:.2f}",
         scaling_factor=f"{rep['scaling_factor']:.4f}",
         latent_std=f"{rep['latent_std']:.3f}",
@@ -326,8 +319,6 @@ def samples_section(lay: Layout, p: Profile) -> tuple[str, dict[str, dict[str, f
         "samples",
         p.as_dict(),
         count=min(16, len(val)),
-        sampler=SAMPLER.upper(),
-        tile=GRID_TILE,
         missing="".join(f"{m}\n" for m in missing),
         stats_table=markdown_table(["set", "mean", "std", "saturated %", "saturated / real"], rows),
     )
@@ -365,9 +356,7 @@ def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
         if r is None:
             notes.append(f"{label}: no metrics_{FOLD}.json")
     counts = [r["counts"] for r in reports.values() if r]  # the last set's image counts, "n/a" where absent
-    kid_note = (
-        part("kid_note", counts[-1], {"real_val": "n/a", "real_train": "n/a"}, recon_row=RECON_ROW) if counts else ""
-    )
+    kid_note = part("kid_note", counts[-1], {"real_val": "n/a", "real_train": "n/a"}) if counts else ""
     kids = {label: r["metrics"]["KID_recon"] for label, r in reports.items() if r and "KID_recon" in r["metrics"]}
     return part(
         "quality",

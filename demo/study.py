@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from demo.plan import Layout, _classify_command, _data_stage, _vae_stage, all_conditions, build_stages
+from demo.plan import Layout, _classify_command, _data_stage, _vae_stage, all_conditions, build_stages, describe
 from demo.profiles import STUDY, Profile
 from infra.stages import Stage
 
@@ -97,10 +97,7 @@ def _pooled_classify_stage(plan: StudyPlan, fold_stages: list[Stage]) -> Stage:
     lay = plan.layout(CLASSIFIED_KIND, 0)
     folds = tuple(plan.folds_of(CLASSIFIED_KIND))
     command = _classify_command(plan.profile, lay, plan.device, pooled_conditions(plan), folds)
-    description = (
-        f"Table B: every condition over {plan.folds} fold(s) x {len(plan.profile.cls_seeds)} seed(s) (the "
-        "per-fold stages' runs reused), paired t-tests against the baseline by (fold, seed), label fidelity"
-    )
+    description = describe("study-classify", folds=plan.folds, seeds=len(plan.profile.cls_seeds))
     deps, outputs = tuple(s.name for s in fold_stages), (lay.classify / "results.json", lay.classify / "results.md")
     return Stage(f"{CLASSIFIED_KIND}-classify", description, command, deps, outputs, resumable=True)
 
@@ -118,6 +115,5 @@ def build_study_stages(plan: StudyPlan) -> list[Stage]:
             plan, [s for fold in plan.folds_of(CLASSIFIED_KIND) for s in per_fold[CLASSIFIED_KIND, fold]]
         )
     )
-    description = "write STUDY.md: Table A (OCT and fundus), Table B, label fidelity, samples, the claims"
     command = ("python", "-m", "demo.study_report", "--out", plan.layout(CLASSIFIED_KIND, 0).shown(plan.out))
-    return [*stages, Stage("report", description, command, tuple(s.name for s in stages), (plan.report,))]
+    return [*stages, Stage("report", describe("study-report"), command, tuple(s.name for s in stages), (plan.report,))]

@@ -26,12 +26,13 @@ from demo import report
 from demo.plan import VARIANTS, Variant
 from demo.profiles import CELLULAR_MODEL, DEMO_MODELS, Profile
 from demo.study import CLASSIFIED_KIND, KINDS, StudyPlan, build_study_stages
+from downstream.report import paired_values
 from downstream.significance import paired_test, stars
 from infra.atomic_io import atomic_write_text
 from infra.errors import run_main
 from infra.markdown import markdown_table
 from infra.stages import REPO_ROOT
-from infra.templates import placeholders, render
+from infra.templates import placeholders, render, template_values
 from metrics.kid import kid_difference
 
 TEMPLATE = Path(__file__).with_name("templates") / "study.md"
@@ -93,12 +94,8 @@ def quality_claims(metrics: dict[str, dict]) -> tuple[str, str]:
 
 def paired_row(results: dict, a: str, b: str, metric: str = "mAP") -> dict:
     """The paired t-test of condition `a` against `b` over the (fold, seed) pairs both have (classify.py's test)."""
-    va, vb = (
-        {(r["fold"], r["seed"]): r["metrics"][metric] for r in results["runs"] if r["condition"] == c} for c in (a, b)
-    )
-    keys = sorted(va.keys() & vb.keys())
-    x, y = np.array([va[k] for k in keys]), np.array([vb[k] for k in keys])
-    gain = float(np.mean(x - y)) if keys else math.nan
+    x, y = paired_values(*([r for r in results["runs"] if r["condition"] == c] for c in (a, b)), metric)
+    gain = float(np.mean(x - y)) if len(x) else math.nan
     return {"a": a, "b": b, "gain": gain, "wins": int(np.sum(x > y)), "test": paired_test(x, y, "ttest")}
 
 
@@ -196,7 +193,7 @@ def main(args: argparse.Namespace) -> Path:
         "commands": report.commands_section(stages, heading="## 6. The commands of every stage"),
     }
     names = placeholders(TEMPLATE.read_text())
-    atomic_write_text(plan.report, render(TEMPLATE, report.template_values(names, [config, profile.as_dict()], values)))
+    atomic_write_text(plan.report, render(TEMPLATE, template_values(names, [config, profile.as_dict()], values)))
     print(f"wrote {plan.report}")
     return plan.report
 

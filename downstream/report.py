@@ -56,6 +56,14 @@ def _aggregate(runs: list[dict]) -> dict[str, dict[str, float]]:
     }
 
 
+def paired_values(runs: list[dict], baseline_runs: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The macro `metric` of `runs` and of `baseline_runs` over the (fold, seed) pairs both have, pair by pair."""
+    mine, base = ({(r["fold"], r["seed"]): r for r in rs} for rs in (runs, baseline_runs))
+    keys = sorted(mine.keys() & base.keys())
+    x, y = (np.array([_value(rs[k]["metrics"][metric]) for k in keys]) for rs in (mine, base))
+    return x, y
+
+
 def summarize(
     records: list[dict],
     conditions: list[Condition],
@@ -78,7 +86,6 @@ def summarize(
     """
     by_condition = {c.name: [r for r in records if r["condition"] == c.name] for c in conditions}
     baseline = next((c for c in conditions if c.kind == "geometric"), None)
-    base_runs = {} if baseline is None else {(r["fold"], r["seed"]): r for r in by_condition[baseline.name]}
     summaries = []
     for c in table_order(conditions):
         runs = by_condition[c.name]
@@ -95,13 +102,7 @@ def summarize(
         elif c is baseline:
             result = {"p_value": None, "stars": "-", "statistic": None, "n_pairs": None, "note": "baseline"}
         else:
-            keys = sorted(set(base_runs) & {(r["fold"], r["seed"]) for r in runs})
-            mine = {(r["fold"], r["seed"]): r for r in runs}
-            outcome = paired_test(
-                np.array([_value(mine[k]["metrics"][test_metric]) for k in keys]),
-                np.array([_value(base_runs[k]["metrics"][test_metric]) for k in keys]),
-                test,
-            )
+            outcome = paired_test(*paired_values(runs, by_condition[baseline.name], test_metric), test)
             result = {
                 "p_value": outcome.p_value,
                 "stars": stars(outcome.p_value),

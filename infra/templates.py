@@ -6,12 +6,14 @@ given that the template never uses, so a renamed field cannot silently drop a nu
 
 A template file is either one template (`render`) or a sequence of named blocks (`render_block`), each starting
 with a line `<!-- block: NAME -->` and running to the next such line; a block's last line break is not part of it.
+`fill_block` renders a block from keyword values plus whatever else it names from dicts of fields (a profile, a config).
 """
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -66,3 +68,16 @@ def blocks(path: Path) -> dict[str, str]:
 def render_block(path: str | Path, name: str, values: dict[str, str]) -> str:
     """Block `name` of the block template file at `path`, rendered as `render` does."""
     return _substitute(blocks(Path(path))[name], values, f"{path}, block {name}")
+
+
+def template_values(names: set[str], sources: Sequence[Mapping], values: Mapping[str, object]) -> dict[str, str]:
+    """str() of `values`, plus each placeholder of `names` they lack from the first of `sources` (a profile's
+    fields, a run's config) that has it."""
+    found = {n: next(s[n] for s in sources if n in s) for n in names - values.keys() if any(n in s for s in sources)}
+    return {k: str(v) for k, v in {**found, **values}.items()}
+
+
+def fill_block(path: str | Path, name: str, /, *sources: Mapping, **values: object) -> str:
+    """Block `name` of the block template file at `path` with `values` filled in, and what else it names from
+    `sources` (see `template_values`); raises as `render` does."""
+    return render_block(path, name, template_values(placeholders(blocks(Path(path))[name]), sources, values))

@@ -22,7 +22,7 @@ from demo.profiles import STUDY, STUDY_QUICK
 from demo.study import StudyPlan, build_study_stages, pooled_conditions
 from infra.errors import UserError
 from infra.stages import REPO_ROOT
-from infra.templates import TemplateError, placeholders, render, render_block
+from infra.templates import TemplateError, fill_block, placeholders, render, render_block
 from tests.helpers.phantom_data import make_phantom_fundus, make_phantom_oct
 from tests.helpers.stages import assert_stage_commands_parse
 
@@ -107,6 +107,16 @@ def test_block_templates_render_each_block_alone(tmp_path):
     bad.write_text("stray text\n<!-- block: a -->\nx\n")
     with pytest.raises(TemplateError, match="starts with"):
         render_block(bad, "a", {})
+
+
+def test_fill_block_takes_what_values_lack_from_the_first_source_that_has_it(tmp_path):
+    path = tmp_path / "blocks.md"
+    path.write_text("<!-- block: a -->\n$name: $n of $total\n")
+    sources = ({"n": 1, "total": 9, "unused": 0}, {"total": 5})
+    assert fill_block(path, "a", *sources, name="x") == "x: 1 of 9"  # a value named like a parameter is a value
+    assert fill_block(path, "a", *sources, name="x", n=2) == "x: 2 of 9"  # values win over sources
+    with pytest.raises(TemplateError, match="without a value \\['name'\\]"):
+        fill_block(path, "a", *sources)
 
 
 # ----------------------------------------------------------------------------------------------------------------
