@@ -127,17 +127,23 @@ class Report:
         e2e = geca.get("end_to_end", {}).get("seconds")
         spi = e2e / geca["batch"] if e2e and geca.get("batch") else None
         on = self.peak.get("label") or self.device.get("name", "?")
-        train = (f"{sps:.2f} steps/s on {on}", sps >= TRAIN_TARGET_STEPS_PER_S) if sps else None
-        sample = (f"{spi:.3f} s/image (VAE decode included)", spi <= SAMPLE_TARGET_S_PER_IMAGE) if spi else None
-        rows = []
-        for stage, target, found in ((3, TRAIN_TARGET, train), (4, SAMPLE_TARGET, sample)):
-            measured, met = found or (f"not measured (see stage {stage})", None)
-            rows.append({"target": target, "measured": measured, "met": {True: "yes", False: "NO", None: "n/a"}[met]})
-        return rows
+        train = f"{sps:.2f} steps/s on {on}" if sps else None
+        sample = f"{spi:.3f} s/image (VAE decode included)" if spi else None
+        return [
+            target_row(TRAIN_TARGET, 3, train, sps is not None and sps >= TRAIN_TARGET_STEPS_PER_S),
+            target_row(SAMPLE_TARGET, 4, sample, spi is not None and spi <= SAMPLE_TARGET_S_PER_IMAGE),
+        ]
 
     def write(self) -> None:
         write_json(self.out / "report.json", self.to_json())
         atomic_write_text(self.out / "REPORT.md", render_report(read_json(self.out / "report.json")))
+
+
+def target_row(target: str, stage: int, measured: str | None, met: bool) -> dict:
+    """One row of the targets table; `measured` None when the stage has no figure for it."""
+    if measured is None:
+        return {"target": target, "measured": f"not measured (see stage {stage})", "met": "n/a"}
+    return {"target": target, "measured": measured, "met": "yes" if met else "NO"}
 
 
 # REPORT.md from report.json

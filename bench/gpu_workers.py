@@ -56,20 +56,28 @@ def device_facts(query_cuda: bool = True) -> dict:
     from every stage).
     """
     missing = [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
-    facts: dict = {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform()}
-    facts.update(cpu_count=os.cpu_count(), missing_packages=missing)
+    facts: dict = {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "missing_packages": missing,
+    }
     if "torch" in missing:
-        return {**facts, "cuda": False}
+        facts["cuda"] = False
+        return facts
     import torch
 
-    facts.update(
-        torch=torch.__version__, cuda_runtime=torch.version.cuda, cuda=query_cuda and torch.cuda.is_available()
-    )
+    facts["torch"], facts["cuda_runtime"] = torch.__version__, torch.version.cuda
+    facts["cuda"] = query_cuda and torch.cuda.is_available()
     if not facts["cuda"]:
-        return {**facts, "name": platform.processor() or platform.machine()}
+        facts["name"] = platform.processor() or platform.machine()
+        return facts
     props = torch.cuda.get_device_properties(0)
-    facts.update(name=props.name, memory_bytes=int(props.total_memory), capability=f"{props.major}.{props.minor}")
-    return {**facts, "multiprocessors": props.multi_processor_count, "device_count": torch.cuda.device_count()}
+    facts["name"], facts["memory_bytes"] = props.name, int(props.total_memory)
+    facts["capability"] = f"{props.major}.{props.minor}"
+    facts["multiprocessors"], facts["device_count"] = props.multi_processor_count, torch.cuda.device_count()
+    return facts
 
 
 # sample (stage 4)
