@@ -25,7 +25,9 @@ from bench.sampling import SamplingSpec, run_sampling
 from bench.step import run_step
 from bench.throughput import run_training
 from bench.timing import load_average, render_table
+from infra.argtypes import positive_int
 from infra.distributed import pick_device
+from infra.errors import run_main
 from infra.flags import add_device_flag, add_tf32_flag
 from infra.precision import set_tf32
 
@@ -86,11 +88,11 @@ def main(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     add_device_flag(p)
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="torch intra-op threads; 1 by default: on a busy machine idle OpenMP threads spin and slow every small "
         "op unless OMP_WAIT_POLICY=PASSIVE is set (see docs/PERFORMANCE.md)",
@@ -109,4 +111,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("python -m bench", lambda: main(build_parser().parse_args()))

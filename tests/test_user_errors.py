@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
@@ -347,7 +348,17 @@ CASES = [
         lambda ws: ["--out", str(write_text(ws["out"] / "afile", "x")), "--quick"],
         lambda ws: ["afile"],
     ),
+    Case("bench: zero threads", "-m bench", lambda ws: ["--threads", "0", "--quick"], lambda ws: ["--threads"]),
 ]
+if not torch.cuda.is_available():  # on a CUDA machine the request is valid
+    CASES.append(
+        Case(
+            "bench: CUDA requested without CUDA",
+            "-m bench",
+            lambda ws: ["--device", "cuda", "--quick", "--sections", "step"],
+            lambda ws: ["device cuda requested but CUDA is not available"],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
