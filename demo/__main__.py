@@ -24,8 +24,9 @@ from pathlib import Path
 from demo.plan import Layout, build_stages
 from demo.profiles import DEMO_MODELS, FOLD, PROFILES
 from demo.study import MAX_FOLDS, StudyPlan, build_study_stages
+from infra.argtypes import CheckedType, positive_int
 from infra.atomic_io import atomic_write_text
-from infra.errors import UserError, run_main
+from infra.errors import run_main
 from infra.stages import Runner, StageFailed, format_seconds, log_tail
 
 
@@ -42,11 +43,7 @@ def default_jobs() -> int:
 
 
 def study_plan(args: argparse.Namespace, device: str) -> StudyPlan:
-    """The study's plan from the flags (--folds, --seeds, --expand-ratio), checked."""
-    if not 1 <= args.folds <= MAX_FOLDS:
-        raise UserError(f"--folds must be between 1 and {MAX_FOLDS}, got {args.folds}")
-    if args.seeds < 1 or args.expand_ratio < 1:
-        raise UserError("--seeds and --expand-ratio must be at least 1")
+    """The study's plan from the flags (--folds, --seeds, --expand-ratio; their ranges checked by the parser)."""
     profile = PROFILES["study-quick" if args.quick else "study"]
     profile = replace(profile, cls_seeds=tuple(range(args.seeds)), expand_ratio=args.expand_ratio)
     return StudyPlan(profile, Path(args.out).resolve(), args.folds, device)
@@ -121,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the smallest sizes (what the test suite runs)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         help="torch CPU threads of every stage (default: 1 when stages run in parallel, else the environment's)",
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         help="stages run at once when their inputs are ready (default: 2 with two or more cores, else 1)",
     )
     p.add_argument("--device", type=str, help="device of sampling, metrics, classification")
@@ -136,10 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the study instead of the demo: OCT folds x classifier seeds and the fundus phantoms (docs/STUDY.md)",
     )
-    p.add_argument("--folds", type=int, default=3, help=f"--study: OCT folds run, 1 to {MAX_FOLDS} (default 3)")
-    p.add_argument("--seeds", type=int, default=3, help="--study: classifier seeds per fold (default 3)")
+    folds = CheckedType(int, lambda v: 1 <= v <= MAX_FOLDS, f"an integer from 1 to {MAX_FOLDS} (the folds written)")
+    p.add_argument("--folds", type=folds, default=3, help=f"--study: OCT folds run, 1 to {MAX_FOLDS} (default 3)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="--study: classifier seeds per fold (default 3)")
     p.add_argument(
-        "--expand-ratio", type=int, default=1, help="--study: synthetic images per training label (the paper: 5)"
+        "--expand-ratio",
+        type=positive_int,
+        default=1,
+        help="--study: synthetic images per training label (the paper: 5)",
     )
     return p
 

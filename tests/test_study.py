@@ -20,7 +20,6 @@ from demo.__main__ import build_parser, study_plan
 from demo.plan import VARIANTS
 from demo.profiles import STUDY, STUDY_QUICK
 from demo.study import StudyPlan, build_study_stages, pooled_conditions
-from infra.errors import UserError
 from infra.stages import REPO_ROOT
 from infra.templates import TemplateError, fill_block, placeholders, render, render_block
 from tests.helpers.phantom_data import make_phantom_fundus, make_phantom_oct
@@ -70,15 +69,17 @@ def test_study_plan_runs_every_fold_of_oct_and_the_fundus_split(tmp_path, profil
     assert stages[-1].name == "report" and set(stages[-1].deps) == set(names[:-1])
 
 
-def test_study_flags_are_checked(tmp_path):
+def test_study_flags_are_checked(capsys):
     parser = build_parser()
     args = parser.parse_args(["--study", "--folds", "5", "--seeds", "2", "--expand-ratio", "5", "--out", "x"])
     plan = study_plan(args, "cpu")
     assert (plan.folds, plan.profile.cls_seeds, plan.profile.expand_ratio) == (5, (0, 1), 5)
     assert plan.profile.name == "study"
-    for bad in (["--folds", "6"], ["--folds", "0"], ["--seeds", "0"], ["--expand-ratio", "0"]):
-        with pytest.raises(UserError, match=bad[0]):
-            study_plan(parser.parse_args(["--study", *bad]), "cpu")
+    for bad in (["--folds", "6"], ["--folds", "0"], ["--seeds", "0"], ["--expand-ratio", "0"], ["--jobs", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(["--study", *bad])
+        assert stop.value.code == 2
+        assert f"argument {bad[0]}: must be an integer" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -348,6 +348,13 @@ CASES = [
         lambda ws: ["--out", str(write_text(ws["out"] / "afile", "x")), "--quick"],
         lambda ws: ["afile"],
     ),
+    Case(
+        "demo: zero threads",
+        "-m demo",
+        lambda ws: ["--out", str(ws["out"] / "d"), "--quick", "--threads", "0"],
+        lambda ws: ["--threads"],
+        lambda ws: [ws["out"] / "d"],
+    ),
     Case("bench: zero threads", "-m bench", lambda ws: ["--threads", "0", "--quick"], lambda ws: ["--threads"]),
 ]
 if not torch.cuda.is_available():  # on a CUDA machine the request is valid
