@@ -2,10 +2,11 @@
 
     python -m demo.study_report --out study_out
 
-The prose is the template `demo/templates/study.md`; this module computes the values: Table A (KID against the real
-images and against the domain VAE's reconstructions, LPIPS and GG per dataset), the tests behind each model
-comparison, Table B and label fidelity (classify.py's pooled results over folds x seeds), the tests behind each
-synthetic-data claim, sample grids, stage times and commands. Figures go to `{out}/report_assets/`.
+The prose, the document and its alternative sentences, is the block template `demo/templates/study.md`; this
+module computes the values: Table A (KID against the real images and against the domain VAE's reconstructions,
+LPIPS and GG per dataset), the tests behind each model comparison, Table B and label fidelity (classify.py's pooled
+results over folds x seeds), the tests behind each synthetic-data claim, sample grids, stage times and commands.
+Figures go to `{out}/report_assets/`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from infra.atomic_io import atomic_write_text
 from infra.errors import run_main
 from infra.markdown import markdown_table
 from infra.stages import REPO_ROOT
-from infra.templates import placeholders, render, template_values
+from infra.templates import fill_block
 from metrics.kid import kid_difference
 
 TEMPLATE = Path(__file__).with_name("templates") / "study.md"
@@ -45,6 +46,11 @@ METRICS = (
     ("LPIPS", "LPIPS↑"),
     ("GG", "GG (>0)"),
 )
+
+
+def part(block: str, /, *sources: dict, **values: object) -> str:
+    """Block `block` of the study template with `values` filled in, and what else it names from `sources`."""
+    return fill_block(TEMPLATE, block, *sources, **values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -64,7 +70,7 @@ def quality_claims(metrics: dict[str, dict]) -> tuple[str, str]:
     metrics.kid.kid_difference (the comparisons behind the paper's image-quality claim): (table of the tests, one
     sentence counting what they show)."""
     cellular = Variant(CELLULAR_MODEL)
-    rows, parts = [], []
+    rows, per_dataset = [], []
     for kind in KINDS:
         tests = []
         for (key, title), b in product(METRICS[:2], [v for v in VARIANTS if v != cellular]):
@@ -80,12 +86,10 @@ def quality_claims(metrics: dict[str, dict]) -> tuple[str, str]:
             tests.append(d)
         low = sum(d.p_value < ALPHA and d.diff < 0 for d in tests)
         high = sum(d.p_value < ALPHA and d.diff > 0 for d in tests)
-        parts.append(
-            f"{KIND_TITLES[kind]}: significantly lower in {low}, significantly higher in {high}, not significant in "
-            f"{len(tests) - low - high} of {len(tests)}"
-        )
+        counts = dict(low=low, high=high, other=len(tests) - low - high, tests=len(tests))
+        per_dataset.append(part("quality_dataset", dataset=KIND_TITLES[kind], **counts))
     table = markdown_table(["dataset", "KID", "difference", "×1e3 ± SE", "z", "p", "folds", "at 0.05"], rows)
-    return table, f"{CELLULAR_MODEL}'s KID against the other rows, by dataset: " + "; ".join(parts) + "."
+    return table, part("quality_sentence", model=CELLULAR_MODEL, per_dataset="; ".join(per_dataset))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,25 +119,24 @@ def classification_claims(results: dict) -> tuple[str, str, str]:
     table = markdown_table(["real + synthetic (or no augmentation) vs", "mAP gain (points)", "runs up", "p", ""], rows)
     up = [r["a"] for r in tests[:-1] if r["test"].p_value < ALPHA and r["gain"] > 0]
     down = [r["a"] for r in tests[:-1] if r["test"].p_value < ALPHA and r["gain"] < 0]
-    gains = (
-        f"Adding a synthetic set to the real training images raised test mAP significantly (paired t-test over "
-        f"{tests[0]['test'].n_pairs} (fold, seed) runs, p < {ALPHA}) for {len(up)} of {len(synthetic)} models"
-        + (f" ({', '.join(up)})" if up else "")
-        + (f" and lowered it significantly for {', '.join(down)}" if down else "")
-        + "."
+    gains = part(
+        "gains_sentence",
+        pairs=tests[0]["test"].n_pairs,
+        alpha=ALPHA,
+        up_count=len(up),
+        models=len(synthetic),
+        up_names=part("gains_up_names", names=", ".join(up)) if up else "",
+        down=part("gains_down", names=", ".join(down)) if down else "",
     )
-    groups = {"significantly better than": [], "significantly worse than": [], "not significantly different from": []}
+    groups: dict[str, list[str]] = {"group_better": [], "group_worse": [], "group_level": []}
     for r in versus:
-        key = "not significantly different from"
-        if r["test"].p_value < ALPHA:
-            key = "significantly better than" if r["gain"] > 0 else "significantly worse than"
-        groups[key].append(r["b"])
+        group = "group_level" if r["test"].p_value >= ALPHA else "group_better" if r["gain"] > 0 else "group_worse"
+        groups[group].append(r["b"])
+    named = "; ".join(part(group, names=", ".join(names)) for group, names in groups.items() if names)
     ranking = (
-        f"{CELLULAR_MODEL}'s synthetic set against each baseline model's (same pairing): "
-        + "; ".join(f"{key} {', '.join(names)}" for key, names in groups.items() if names)
-        + "."
+        part("ranking_sentence", model=CELLULAR_MODEL, groups=named)
         if versus
-        else f"No synthetic set of {CELLULAR_MODEL} was classified."
+        else part("ranking_none", model=CELLULAR_MODEL)
     )
     return table, gains, ranking
 
@@ -192,8 +195,7 @@ def main(args: argparse.Namespace) -> Path:
         "timing": report.timing_section(stages, stamps, config["jobs"], heading="## 5. Stage times"),
         "commands": report.commands_section(stages, heading="## 6. The commands of every stage"),
     }
-    names = placeholders(TEMPLATE.read_text())
-    atomic_write_text(plan.report, render(TEMPLATE, template_values(names, [config, profile.as_dict()], values)))
+    atomic_write_text(plan.report, part("study", config, profile.as_dict(), **values) + "\n")
     print(f"wrote {plan.report}")
     return plan.report
 

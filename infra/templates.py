@@ -4,8 +4,9 @@ A template uses `string.Template` placeholders (`$name` or `${name}`; `$$` is a 
 substitutes every placeholder from a dict of computed strings and raises when one has no value, or when a value is
 given that the template never uses, so a renamed field cannot silently drop a number from a report.
 
-A template file is either one template (`render`) or a sequence of named blocks (`render_block`), each starting
-with a line `<!-- block: NAME -->` and running to the next such line; a block's last line break is not part of it.
+A template file is a sequence of named blocks (`render_block`: a report's document, its sections, its alternative
+sentences), each starting with a line `<!-- block: NAME -->` and running to the next such line; a block's last line
+break is not part of it.
 `fill_block` renders a block from keyword values plus whatever else it names from dicts of fields (a profile, a config).
 """
 
@@ -42,15 +43,6 @@ def _substitute(text: str, values: dict[str, str], where: str) -> str:
     return string.Template(text).substitute(values)
 
 
-def render(path: str | Path, values: dict[str, str]) -> str:
-    """The template at `path` with every placeholder replaced by `values[name]`.
-
-    Raises:
-        TemplateError: a placeholder without a value, or a value without a placeholder.
-    """
-    return _substitute(Path(path).read_text(), values, str(path))
-
-
 @cache
 def blocks(path: Path) -> dict[str, str]:
     """{name: text} of a block template file (read once per process)."""
@@ -66,7 +58,11 @@ def blocks(path: Path) -> dict[str, str]:
 
 
 def render_block(path: str | Path, name: str, values: dict[str, str]) -> str:
-    """Block `name` of the block template file at `path`, rendered as `render` does."""
+    """Block `name` of the block template file at `path` with every placeholder replaced by `values[name]`.
+
+    Raises:
+        TemplateError: a placeholder without a value, or a value without a placeholder.
+    """
     return _substitute(blocks(Path(path))[name], values, f"{path}, block {name}")
 
 
@@ -79,5 +75,5 @@ def template_values(names: set[str], sources: Sequence[Mapping], values: Mapping
 
 def fill_block(path: str | Path, name: str, /, *sources: Mapping, **values: object) -> str:
     """Block `name` of the block template file at `path` with `values` filled in, and what else it names from
-    `sources` (see `template_values`); raises as `render` does."""
+    `sources` (see `template_values`); raises as `render_block` does."""
     return render_block(path, name, template_values(placeholders(blocks(Path(path))[name]), sources, values))

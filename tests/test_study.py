@@ -21,7 +21,7 @@ from demo.plan import VARIANTS
 from demo.profiles import STUDY, STUDY_QUICK
 from demo.study import StudyPlan, build_study_stages, pooled_conditions
 from infra.stages import REPO_ROOT
-from infra.templates import TemplateError, fill_block, placeholders, render, render_block
+from infra.templates import TemplateError, fill_block, placeholders, render_block
 from tests.helpers.phantom_data import make_phantom_fundus, make_phantom_oct
 from tests.helpers.stages import assert_stage_commands_parse
 
@@ -88,13 +88,13 @@ def test_study_flags_are_checked(capsys):
 
 def test_render_refuses_missing_and_unused_values(tmp_path):
     path = tmp_path / "t.md"
-    path.write_text("KID $kid, ${n}x, costs $$5\n")
+    path.write_text("<!-- block: t -->\nKID $kid, ${n}x, costs $$5\n")
     assert placeholders(path.read_text()) == {"kid", "n"}
-    assert render(path, {"kid": "3.1", "n": "5"}) == "KID 3.1, 5x, costs $5\n"
+    assert render_block(path, "t", {"kid": "3.1", "n": "5"}) == "KID 3.1, 5x, costs $5"
     with pytest.raises(TemplateError, match="without a value \\['n'\\]"):
-        render(path, {"kid": "3.1"})
+        render_block(path, "t", {"kid": "3.1"})
     with pytest.raises(TemplateError, match="without a placeholder \\['extra'\\]"):
-        render(path, {"kid": "3.1", "n": "5", "extra": "x"})
+        render_block(path, "t", {"kid": "3.1", "n": "5", "extra": "x"})
 
 
 def test_block_templates_render_each_block_alone(tmp_path):
@@ -238,7 +238,7 @@ def test_study_report_tables_and_claims_equal_independent_computations(tmp_path)
         assert row[1] == f"{100 * d.mean():+.2f}" and row[2] == f"{int((d > 0).sum())} / {d.size}"
         assert row[3] == f"{p:.2g}"
     assert cells_of(text, "GeCA-T vs LDM-T")[4] != "ns"  # 8 points apart with a spread of 2
-    assert re.search(r"significantly \(paired t-test over 6 \(fold, seed\) runs, p < 0.05\) for \d of 3 models", text)
+    assert re.search(r"significantly \(paired t-test over 6\s+\(fold, seed\) runs, p < 0.05\) for \d of 3 models", text)
 
 
 # ----------------------------------------------------------------------------------------------------------------
