@@ -155,7 +155,7 @@ def sample_figure(lay: Layout, p: Profile, path: Path, real_title: str | None = 
         if all(f.is_file() for f in files):
             grids.append((v.label, files))
         else:
-            missing.append(f"- {v.label}: no samples found in {folder}")
+            missing.append(part("no_samples", label=v.label, folder=folder))
     plot_image_grids(path, [(title, image_grid(load_images(files), cols=4, tile=GRID_TILE)) for title, files in grids])
     return missing
 
@@ -350,11 +350,11 @@ def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
     for label, r in reports.items():
         for key, entry in ((key, r["metrics"].get(key)) for key, _ in QUALITY_COLUMNS) if r else ():
             if entry and not entry["available"]:
-                notes.append(f"{key} unavailable: {entry['reason']}")
+                notes.append(part("note_unavailable", key=key, reason=entry["reason"]))
             elif entry and key.startswith("GG") and not math.isfinite(entry["value"]):
-                notes.append("GG is NaN (too few images for the FLD fit).")
+                notes.append(part("note_gg_nan"))
         if r is None:
-            notes.append(f"{label}: no metrics_{FOLD}.json")
+            notes.append(part("note_no_metrics", label=label))
     counts = [r["counts"] for r in reports.values() if r]  # the last set's image counts, "n/a" where absent
     kid_note = part("kid_note", counts[-1], {"real_val": "n/a", "real_train": "n/a"}) if counts else ""
     kids = {label: r["metrics"]["KID_recon"] for label, r in reports.items() if r and "KID_recon" in r["metrics"]}
@@ -365,7 +365,7 @@ def quality_section(lay: Layout, p: Profile, params: dict[str, int]) -> str:
             [h for _, h in QUALITY_COLUMNS], [metrics], [k for k, _ in QUALITY_COLUMNS], params
         ),
         kid_verdict=kid_verdict(kids),
-        notes="\n".join(f"- {n}" for n in dict.fromkeys(notes)),  # each note once
+        notes="\n".join(dict.fromkeys(notes)),  # each note once
     )
 
 
