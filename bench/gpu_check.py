@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import shlex
 import shutil
@@ -105,11 +106,11 @@ def run_logged(ctx: Context, rep: StageReport, cmd: list[str], name: str, timeou
     return outcome
 
 
-def run_worker(ctx: Context, rep: StageReport, command: str, flags: list[str]) -> Outcome:
-    """`python -m bench.gpu_workers COMMAND --json WORK/COMMAND.json FLAGS` under the stage's cap; the JSON it left
-    goes into the stage's data."""
+def run_worker(ctx: Context, rep: StageReport, command: str, settings: dict) -> Outcome:
+    """`python -m bench.gpu_workers COMMAND SETTINGS_JSON` under the stage's cap, writing WORK/COMMAND.json; the JSON
+    it left goes into the stage's data."""
     out_json = ctx.work / f"{command}.json"
-    cmd = [ctx.runner.python, "-m", "bench.gpu_workers", command, "--json", str(out_json), *flags]
+    cmd = [ctx.runner.python, "-m", "bench.gpu_workers", command, json.dumps({"json": str(out_json), **settings})]
     outcome = run_logged(ctx, rep, cmd, command, rep.cap_s)
     rep.data.update(read_json(out_json))
     return outcome
@@ -291,13 +292,12 @@ def stage_train(ctx: Context, rep: StageReport, deadline: float) -> None:
 def stage_sample(ctx: Context, rep: StageReport, _deadline: float) -> None:
     """The sampling worker: per model the largest batch that fits, denoising alone, then sample_ddp.py end to end."""
     s = ctx.sizes
-    flags = ["--work", str(ctx.work / "sample"), "--device", s.device, "--models", *s.sample_models]
-    flags += ["--batches", *map(str, s.sample_batches), "--image-size", str(s.image_size)]
-    flags += ["--steps", str(s.sample_steps), "--cfg-scale", "1.5"]
+    settings = dict(work=str(ctx.work / "sample"), device=s.device, models=s.sample_models, batches=s.sample_batches)
+    settings.update(image_size=s.image_size, steps=s.sample_steps, cfg_scale=1.5, tiny_vae=s.tiny_vae)
     # The worker stops starting end-to-end runs that would not finish 10 s before the cap (an absolute time: its own
     # imports count against the cap too).
-    flags += ["--deadline-at", f"{time.time() + rep.cap_s - 10:.1f}"] + (["--tiny-vae"] if s.tiny_vae else [])
-    outcome = run_worker(ctx, rep, "sample", flags)
+    settings["deadline_at"] = time.time() + rep.cap_s - 10
+    outcome = run_worker(ctx, rep, "sample", settings)
     gpu_report.describe_sample(rep, s)
     models = rep.data.get("models", {})
     skipped = [k for k, m in models.items() if "skipped" in m.get("end_to_end", {})]
@@ -311,10 +311,9 @@ def stage_sample(ctx: Context, rep: StageReport, _deadline: float) -> None:
 def stage_fp16(ctx: Context, rep: StageReport, _deadline: float) -> None:
     """The fp16 worker: the same training steps in fp16 and fp32 (losses within --fp16-rtol), GHG sampling in fp16."""
     s, tol = ctx.sizes, ctx.args.fp16_rtol
-    flags = ["--device", s.device, "--model", s.fp16_model, "--image-size", str(s.image_size)]
-    flags += ["--batch", str(s.fp16_batch), "--steps", str(s.fp16_steps), "--rtol", str(tol)]
-    flags += ["--ghg-batch", str(s.ghg_batch), "--ghg-steps", str(s.ghg_steps), "--cfg-scale", "1.5"]
-    outcome = run_worker(ctx, rep, "fp16", flags)
+    settings = dict(device=s.device, model=s.fp16_model, image_size=s.image_size, batch=s.fp16_batch)
+    settings.update(steps=s.fp16_steps, rtol=tol, ghg_batch=s.ghg_batch, ghg_steps=s.ghg_steps, cfg_scale=1.5)
+    outcome = run_worker(ctx, rep, "fp16", settings)
     l32, l16 = rep.data.get("losses_fp32", []), rep.data.get("losses_fp16", [])
     rel = rep.data["relative_gaps"] = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(l16, l32)]
     finite = all(math.isfinite(v) for v in l16 + l32)
@@ -335,7 +334,7 @@ def probe_device(runner: Runner, work: Path, dry: bool) -> dict:
         from bench.gpu_workers import device_facts
 
         return device_facts(query_cuda=False)
-    cmd = [runner.python, "-m", "bench.gpu_workers", "device", "--json", str(work / "device.json")]
+    cmd = [runner.python, "-m", "bench.gpu_workers", "device", json.dumps({"json": str(work / "device.json")})]
     outcome = runner.run_command(cmd, "device", 120, log_dir=work)  # nothing lands in --out on a machine without a GPU
     if not (facts := read_json(work / "device.json")):
         raise RuntimeError(f"the device probe failed (exit {outcome.returncode}): {tail(outcome.log, 5)}")

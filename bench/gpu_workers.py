@@ -1,12 +1,14 @@
 """The measuring halves of `bench.gpu_check`, each run as its own capped subprocess: device facts, sampling
 throughput (stage 4) and the fp16 against fp32 check (stage 5).
 
-    python -m bench.gpu_workers device --json device.json
-    python -m bench.gpu_workers sample --json sample.json --work DIR --device cuda --models GeCA-S DiT-S/2 LDM-B
-    python -m bench.gpu_workers fp16 --json fp16.json --device cuda --model GeCA-S --batch 32
+    python -m bench.gpu_workers device '{"json": "device.json"}'
+    python -m bench.gpu_workers sample '{"json": "sample.json", "work": "DIR", "device": "cuda", "models": [...], ...}'
+    python -m bench.gpu_workers fp16 '{"json": "fp16.json", "device": "cuda", "model": "GeCA-S", "batch": 32, ...}'
 
-Every command rewrites its JSON (atomically) after each measurement, so a worker killed by its stage's time cap still
-leaves what it measured. The orchestrator turns the JSON into the report.
+A worker takes its settings as one JSON object (as `bench.memory` does): "json", the file it writes, and the fields
+its `run_*` function reads (`bench.gpu_check.stage_sample` and `stage_fp16` list them). Every command rewrites its
+JSON (atomically) after each measurement, so a worker killed by its stage's time cap still leaves what it measured.
+The orchestrator turns the JSON into the report.
 """
 
 from __future__ import annotations
@@ -195,6 +197,7 @@ def run_sample(args: argparse.Namespace) -> None:
     from infra.precision import set_tf32
 
     set_tf32(True)  # as sample_ddp.py's (default) --tf32 sets it; the end-to-end runs set it again themselves
+    args.work = Path(args.work)
     out: dict = {"models": {}, "steps": args.steps, "cfg_scale": args.cfg_scale, "image_size": args.image_size}
     vae_dir, ckpts = write_sampling_inputs(args.work, args.models, args.image_size // 8, args.tiny_vae)
     out["vae"] = {"folder": str(vae_dir), "tiny": args.tiny_vae}
@@ -342,43 +345,14 @@ def run_fp16(args: argparse.Namespace) -> None:
 # command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    device = sub.add_parser("device", help="device facts and missing packages")
-    device.add_argument("--json", required=True, help="output file")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", required=True, help="output file, rewritten after each measurement")
-    common.add_argument("--device", default="cuda", help="cuda or cpu")
-    common.add_argument("--image-size", type=int, default=256, help="image side (latent side = size // 8)")
-    common.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale (fp16: of the GHG check)")
-
-    s = sub.add_parser("sample", parents=[common], help="stage 4: sampling throughput")
-    s.add_argument("--work", type=Path, required=True, help="scratch folder (checkpoints, VAE, labels, samples)")
-    s.add_argument("--models", nargs="+", required=True, help="registry keys")
-    s.add_argument("--batches", type=int, nargs="+", required=True, help="batch sizes to try, largest first")
-    s.add_argument("--steps", type=int, default=250, help="respaced sampling steps")
-    s.add_argument("--tiny-vae", action="store_true", help="8-channel blocks instead of SD-VAE's widths (CPU)")
-    s.add_argument("--deadline-at", type=float, default=math.inf, help="Unix time the last end-to-end run must end by")
-
-    f = sub.add_parser("fp16", parents=[common], help="stage 5: fp16 against fp32")
-    f.add_argument("--model", default="GeCA-S", help="registry key")
-    f.add_argument("--batch", type=int, default=32, help="training batch")
-    f.add_argument("--steps", type=int, default=20, help="training steps compared")
-    f.add_argument("--rtol", type=float, default=1e-2, help="stated tolerance on each step's relative loss gap")
-    f.add_argument("--ghg-batch", type=int, default=8, help="images of the GHG sampling check")
-    f.add_argument("--ghg-steps", type=int, default=250, help="respaced steps of the GHG sampling check")
-    return p
-
-
-def main(args: argparse.Namespace) -> None:
-    """Run one command. The device facts are written plainly (read only after this process ends): the atomic writer
-    needs torch, which they may report missing."""
-    if args.command == "device":
-        Path(args.json).write_text(json.dumps(device_facts(), indent=2) + "\n")
+def main(command: str, settings: dict) -> None:
+    """Run one command with its settings. The device facts are written plainly (read only after this process ends):
+    the atomic writer needs torch, which they may report missing."""
+    if command == "device":
+        Path(settings["json"]).write_text(json.dumps(device_facts(), indent=2) + "\n")
     else:
-        {"sample": run_sample, "fp16": run_fp16}[args.command](args)
+        {"sample": run_sample, "fp16": run_fp16}[command](argparse.Namespace(**settings))
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    main(sys.argv[1], json.loads(sys.argv[2]))

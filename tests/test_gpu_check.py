@@ -185,10 +185,10 @@ class ScriptedRunner:
             )
         elif "--probe-json" in cmd:
             rc, timed_out = self._train(cmd)
-        elif "sample" in cmd:
-            Path(_flag(cmd, "--json")).write_text(json.dumps(SAMPLE_JSON))
+        elif "sample" in cmd:  # the workers' one argument after the command: their settings as JSON
+            Path(json.loads(cmd[-1])["json"]).write_text(json.dumps(SAMPLE_JSON))
         elif "fp16" in cmd:
-            Path(_flag(cmd, "--json")).write_text(json.dumps(FP16_JSON))
+            Path(json.loads(cmd[-1])["json"]).write_text(json.dumps(FP16_JSON))
         return Outcome(None if timed_out else rc, 1.0, timed_out, log)
 
     def _train(self, cmd: list[str]) -> tuple[int, bool]:
