@@ -26,15 +26,9 @@ from demo.profiles import DEMO_MODELS, FOLD, PROFILES
 from demo.study import MAX_FOLDS, StudyPlan, build_study_stages
 from infra.argtypes import CheckedType, positive_int
 from infra.atomic_io import atomic_write_text
+from infra.distributed import pick_device
 from infra.errors import run_main
 from infra.stages import Runner, StageFailed, format_seconds, log_tail
-
-
-def default_device() -> str:
-    """CUDA when available (train.py picks it by itself), else the CPU."""
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def default_jobs() -> int:
@@ -51,7 +45,9 @@ def study_plan(args: argparse.Namespace, device: str) -> StudyPlan:
 
 def main(args: argparse.Namespace) -> int:
     """Run (or continue) the demo or the study; returns the process exit status."""
-    device = args.device or default_device()
+    # --device, else CUDA when available (train.py picks it by itself), else the CPU; CUDA asked for without CUDA
+    # stops here instead of in the first stage that uses it.
+    device = str(pick_device(device=args.device))
     # `target`: where the stamps, logs, config and report go (a StudyPlan or a Layout: .out, .config, .report).
     if args.study:
         target = plan = study_plan(args, device)

@@ -366,6 +366,15 @@ if not torch.cuda.is_available():  # on a CUDA machine the request is valid
             lambda ws: ["device cuda requested but CUDA is not available"],
         )
     )
+    CASES.append(
+        Case(
+            "demo: CUDA requested without CUDA",
+            "-m demo",
+            lambda ws: ["--out", str(ws["out"] / "d"), "--quick", "--device", "cuda"],
+            lambda ws: ["device cuda requested but CUDA is not available"],
+            lambda ws: [ws["out"] / "d"],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
