@@ -28,6 +28,7 @@ from demo.plan import RECON_SET, SAMPLER, STUDIED, VARIANTS, Layout, Variant, bu
 from demo.profiles import FOLD, NUM_CLASSES, PAPER_MODELS, Profile
 from downstream.report import REAL_REFERENCE
 from infra.atomic_io import atomic_save_png, atomic_write_text
+from infra.errors import run_main
 from infra.markdown import markdown_table
 from infra.naming import model_tag
 from infra.plots import Panel, Series, image_grid, plot_image_grids, plot_panels
@@ -460,10 +461,10 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m demo.report", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=str, default="demo_out", help="the demo's output folder")
     return p
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("python -m demo.report", lambda: main(build_parser().parse_args()))

@@ -28,9 +28,12 @@ from data.transforms import center_crop_arr
 from data.vae import load_vae
 from data.validate import read_fold_csv
 from demo.pixels import pixel_stats
+from demo.profiles import FOLD, FULL
 from diffusion import create_diffusion
+from infra.argtypes import image_size_flag, number_at_least, number_in, positive_int, positive_number
 from infra.atomic_io import atomic_save_grid, atomic_write_text
 from infra.checkpoint import find_model
+from infra.errors import UserError, run_main
 from infra.plots import Panel, Series, plot_panels
 from infra.stages import REPO_ROOT
 from models import DiT_models
@@ -58,7 +61,8 @@ def train_to(args: argparse.Namespace, step: int) -> Path:
     ]  # fmt: skip
     if last is not None:
         command += ["--resume", str(last)]
-    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    if (status := subprocess.run(command, cwd=REPO_ROOT).returncode) != 0:
+        raise UserError(f"train.py stopped with exit status {status} before step {step} (its message is above)")
     return next(iter(sorted(results.glob("*/checkpoints/last.pt"))))
 
 
@@ -78,11 +82,14 @@ def curve_figure(rows: list[dict], real: dict[str, float], path: Path) -> None:
 def main(args: argparse.Namespace) -> Path:
     """Train to each checkpoint step, sample both ways, measure; returns settle.csv."""
     torch.manual_seed(0)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # train.py runs from the repository root: every path it gets is absolute.
+    for name in ("data_path", "features", "vae", "out"):
+        setattr(args, name, str(Path(getattr(args, name)).resolve()))
     real_images, labels = real_validation(Path(args.data_path), args.fold, args.image_size, args.num_samples)
     real = pixel_stats(real_images)
     vae = load_vae(args.vae)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     latent = args.image_size // 8
     diffusion = create_diffusion(str(args.sampling_steps))
     rows: list[dict] = []
@@ -113,22 +120,35 @@ def main(args: argparse.Namespace) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m demo.settle", description=__doc__.split("\n")[0])
+    # The defaults are the full demo's (demo/profiles.py), so the curve describes the training `make demo` runs.
     p.add_argument("--data-path", required=True, help="phantom dataset root (val_{fold}.csv)")
     p.add_argument("--features", required=True, help="extract_features.py output (features_{fold}/, labels_{fold}/)")
     p.add_argument("--vae", required=True, help="the VAE folder the latents were made with")
     p.add_argument("--model", default="GeCA-T", choices=list(DiT_models), help="registry key")
-    p.add_argument("--steps", type=int, nargs="+", required=True, help="checkpoint steps, increasing")
+    p.add_argument("--steps", type=positive_int, nargs="+", required=True, help="checkpoint steps, increasing")
     p.add_argument("--out", required=True, help="output folder (the training run, settle.csv, settle.png)")
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
-    p.add_argument("--fold", type=int, default=0, help="fold")
-    p.add_argument("--batch-size", type=int, default=16, help="training batch")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
-    p.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay per step")
-    p.add_argument("--num-samples", type=int, default=64, help="validation label vectors sampled per checkpoint")
-    p.add_argument("--sampling-steps", type=int, default=25, help="respaced DDPM steps")
-    p.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale (GHG for GeCA)")
+    p.add_argument("--image-size", type=image_size_flag, default=FULL.image_size, help="image side in pixels")
+    p.add_argument("--fold", type=int, default=FOLD, help="fold")
+    p.add_argument("--batch-size", type=positive_int, default=FULL.batch_size, help="training batch")
+    p.add_argument("--lr", type=positive_number(), default=FULL.lr, help="AdamW learning rate")
+    p.add_argument("--ema-decay", type=number_in(0, 1, "low"), default=FULL.ema_decay, help="EMA decay per step")
+    p.add_argument(
+        "--num-samples", type=positive_int, default=64, help="validation label vectors sampled per checkpoint"
+    )
+    p.add_argument("--sampling-steps", type=positive_int, default=FULL.sampling_steps, help="respaced DDPM steps")
+    p.add_argument(
+        "--cfg-scale", type=number_at_least(1.0), default=FULL.cfg_scale, help="guidance scale (GHG for GeCA)"
+    )
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.steps != sorted(set(args.steps)):
+        parser.error(f"argument --steps: must be increasing, got {' '.join(map(str, args.steps))}")
+    return args
+
+
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_main("python -m demo.settle", lambda: main(parse_args()))

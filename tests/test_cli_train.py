@@ -20,9 +20,7 @@ from PIL import Image
 
 import train
 import training.loop
-from data.select import build_dataset
-from data.transforms import image_transform, to_uint8
-from data.vae import encode_latents, load_vae
+from data.transforms import to_uint8
 from infra.checkpoint import find_model, load_checkpoint, non_finite_entries, save_checkpoint
 from infra.rng import keyed_seed
 from infra.run_args import given_flags
@@ -30,7 +28,7 @@ from metrics.inception import load_inception
 from metrics.kid import kid
 from models import DiT_models
 from tests.helpers.compare import assert_identical
-from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
+from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae, write_fold_latents
 from training.data import load_validation_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,17 +48,8 @@ def workspace(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("train")
     root = make_phantom_oct(base / "oct_phantoms", num_images=16, folds=2, size=IMAGE_SIZE)
     vae_dir = make_tiny_vae(base / "vae")
-    vae = load_vae(str(vae_dir))
-    ds = build_dataset("oct", str(root), "train", fold=0, transform=image_transform(IMAGE_SIZE))
-    feats = base / "oct_features"
-    (feats / "features_0").mkdir(parents=True)
-    (feats / "labels_0").mkdir(parents=True)
-    for i in range(len(ds)):
-        x, y = ds[i]
-        z = encode_latents(vae, x[None], torch.Generator().manual_seed(i))
-        np.save(feats / "features_0" / f"{i}.npy", z.numpy())
-        np.save(feats / "labels_0" / f"{i}.npy", y.numpy()[None])
-    return {"root": root, "vae": vae_dir, "features": feats, "n": len(ds)}
+    feats = write_fold_latents(root, vae_dir, base / "oct_features", IMAGE_SIZE)
+    return {"root": root, "vae": vae_dir, "features": feats, "n": len(list((feats / "labels_0").glob("*.npy")))}
 
 
 def base_args(ws: dict, results: Path, *extra: str) -> list[str]:

@@ -17,6 +17,7 @@ from demo import report as demo_report
 from demo.plan import VARIANTS, Layout, build_stages
 from demo.profiles import DEMO_MODELS, FULL, QUICK
 from infra.stages import REPO_ROOT, Runner, Stage, StageFailed, log_tail
+from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae, write_fold_latents
 from tests.helpers.stages import assert_stage_commands_parse
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,6 +347,44 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:]
     assert second.stdout.count("skipped") == 2 * len(build_stages(QUICK, Layout(out), "cpu"))
     assert "==>" not in second.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The steps-to-settle curve (python -m demo.settle)
+
+
+def test_settle_curve_trains_one_run_through_the_steps_and_measures_each(tmp_path, monkeypatch):
+    import csv as csv_module
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from demo import settle
+
+    root = make_phantom_oct(tmp_path / "oct", num_images=16, folds=2, size=32)
+    vae = make_tiny_vae(tmp_path / "vae")
+    feats = write_fold_latents(root, vae, tmp_path / "features", 32)
+    monkeypatch.chdir(tmp_path)  # relative paths, from outside the repository (train.py runs from its root)
+    argv = ["--data-path", "oct", "--features", "features", "--vae", "vae", "--model", "DiT-T/2", "--steps", "2", "4"]
+    argv += ["--out", "settle_out", "--image-size", "32", "--batch-size", "4", "--num-samples", "3"]
+    csv = settle.main(settle.parse_args([*argv, "--sampling-steps", "2"]))
+    assert feats.is_dir() and csv == tmp_path / "settle_out" / "settle.csv"
+
+    rows = [line.split(",") for line in csv.read_text().splitlines()]
+    assert rows[0] == ["step", "ghg", "mean", "std", "saturated"]
+    assert [r[:2] for r in rows[1:]] == [["2", "1"], ["2", "0"], ["4", "1"], ["4", "0"], ["real", ""]]
+    # DiT has no cell state: sampling with and without Gene Heredity Guidance is the same.
+    assert rows[1][2:] == rows[2][2:] and rows[3][2:] == rows[4][2:]
+    # The real row, computed here from the first three validation images (32 px: no crop).
+    names = [r["filename"] for r in csv_module.DictReader((root / "val_0.csv").read_text().splitlines())][:3]
+    real = np.stack([np.asarray(Image.open(root / name).convert("RGB")) for name in names])
+    expected = [f"{real.mean():.2f}", f"{real.std():.2f}", f"{np.isin(real, (0, 255)).mean():.4f}"]
+    assert rows[-1][2:] == expected
+    # One training run, continued with --resume to step 4, and the figures.
+    runs = list(Path("settle_out/run").iterdir())
+    assert len(runs) == 1 and torch.load(runs[0] / "checkpoints" / "last.pt", weights_only=False)["train_steps"] == 4
+    assert all(Path("settle_out", f).is_file() for f in ("settle.png", "samples_2.png", "samples_4.png"))
 
 
 @pytest.mark.slow

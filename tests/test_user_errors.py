@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
+from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae, write_fold_latents
 from tests.helpers.threads import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,19 +386,7 @@ def pristine(tmp_path_factory) -> dict:
     argv = train_argv({"data": data, "out": base}, "--max-steps", "1")
     with torch_threads(1):
         assert run_script("train.py", argv) == 0
-    # 4 x 4 x 4 latents of the 32-pixel training images, in the reference layout.
-    from data.select import build_dataset
-    from data.transforms import image_transform
-    from data.vae import encode_latents, load_vae
-
-    vae = load_vae(str(base / "vae"))
-    ds = build_dataset("oct", str(data), "train", 0, image_transform(32))
-    for sub in ("features_0", "labels_0"):
-        (base / "features" / sub).mkdir(parents=True)
-    for i in range(len(ds)):
-        x, y = ds[i]
-        np.save(base / "features" / "features_0" / f"{i}.npy", encode_latents(vae, x[None]).numpy())
-        np.save(base / "features" / "labels_0" / f"{i}.npy", np.asarray(y)[None])
+    write_fold_latents(data, base / "vae", base / "features", 32)  # 4 x 4 x 4 latents of the training images
     ckpt = base / "last.pt"
     shutil.copy(next((base / "res").glob("*/checkpoints/last.pt")), ckpt)
     shutil.rmtree(base / "res")

@@ -6,6 +6,7 @@ Usage from any test directory (pytest runs from the repository root):
 
     root = make_phantom_oct(tmp_path / "oct")        # 16 images, 32 px, 2 folds, train/val CSVs
     vae_dir = make_tiny_vae(tmp_path / "vae")        # pass as --vae <folder>; 4 latent channels, factor 8
+    feats = write_fold_latents(root, vae_dir, tmp_path / "features", size=32)  # --feature-path <folder>
 """
 
 from __future__ import annotations
@@ -60,3 +61,26 @@ def make_tiny_vae(path: str | Path, seed: int = 0) -> Path:
     """Save tiny_vae(seed) as a diffusers folder (config.json + weights) usable as `--vae <folder>`; returns it."""
     tiny_vae(seed).save_pretrained(path)
     return Path(path)
+
+
+def write_fold_latents(root: str | Path, vae_dir: str | Path, out: str | Path, size: int, fold: int = 0) -> Path:
+    """The OCT training split of `fold` encoded by the VAE at `vae_dir`, in extract_features.py's layout (`out/
+    features_{fold}/{i}.npy` (1, 4, size/8, size/8), `out/labels_{fold}/{i}.npy` (1, 11)); image i's posterior noise
+    seeded with i. Returns `out`."""
+    import numpy as np
+    import torch
+
+    from data.select import build_dataset
+    from data.transforms import image_transform
+    from data.vae import encode_latents, load_vae
+
+    vae = load_vae(str(vae_dir))
+    ds = build_dataset("oct", str(root), "train", fold, image_transform(size))
+    for sub in (f"features_{fold}", f"labels_{fold}"):
+        (Path(out) / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(len(ds)):
+        x, y = ds[i]
+        z = encode_latents(vae, x[None], torch.Generator().manual_seed(i))
+        np.save(Path(out) / f"features_{fold}" / f"{i}.npy", z.numpy())
+        np.save(Path(out) / f"labels_{fold}" / f"{i}.npy", np.asarray(y)[None])
+    return Path(out)
