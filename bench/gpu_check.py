@@ -33,6 +33,8 @@ from pathlib import Path
 from bench import NUM_CLASSES, gpu_report
 from bench.gpu_report import FINISHED, STAGES, Report, StageReport
 from bench.gpu_workers import write_latents
+from infra.argtypes import positive_number
+from infra.errors import run_main
 from infra.stages import Outcome, Runner, log_tail, read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -439,7 +441,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="gpu_check", help="report folder (REPORT.md, report.json, logs/, bench_*.md)")
     p.add_argument("--dry", action="store_true", help="CPU dry run at tiny sizes (CUDA hidden): code paths only")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run (in order)")
@@ -451,12 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=["accelerate", "python"], help=f"stage 3 launch: {launch} (dry-run default)")
     for stage in STAGES:
         caps = f"GPU default {GPU_CAPS[stage]}, dry {DRY_CAPS[stage]}"
-        p.add_argument(f"--cap-{stage}", type=float, help=f"seconds for stage {stage} ({caps})")
-    p.add_argument("--fp16-rtol", type=float, default=1e-2, help="stage 5: allowed relative loss gap per step")
+        p.add_argument(f"--cap-{stage}", type=positive_number(), help=f"seconds for stage {stage} ({caps})")
+    p.add_argument(
+        "--fp16-rtol", type=positive_number(), default=1e-2, help="stage 5: allowed relative loss gap per step"
+    )
     p.add_argument("--device-name", help="device name for the MFU peak lookup (default: the device's)")
-    p.add_argument("--peak-tflops", type=float, help="dense fp16/bf16 peak for MFU, overriding the table")
+    p.add_argument("--peak-tflops", type=positive_number(), help="dense fp16/bf16 peak for MFU, overriding the table")
     return p
 
 
 if __name__ == "__main__":
-    sys.exit(main(build_parser().parse_args()))
+    sys.exit(run_main("python -m bench.gpu_check", lambda: main(build_parser().parse_args())))

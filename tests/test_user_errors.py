@@ -355,6 +355,13 @@ CASES = [
         lambda ws: ["--threads"],
         lambda ws: [ws["out"] / "d"],
     ),
+    Case(
+        "gpu check: negative stage cap",
+        "-m bench.gpu_check",
+        lambda ws: ["--dry", "--out", str(ws["out"] / "g"), "--cap-train", "-5"],
+        lambda ws: ["--cap-train"],
+        lambda ws: [ws["out"] / "g"],
+    ),
     Case("bench: zero threads", "-m bench", lambda ws: ["--threads", "0", "--quick"], lambda ws: ["--threads"]),
 ]
 if not torch.cuda.is_available():  # on a CUDA machine the request is valid
