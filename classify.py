@@ -39,7 +39,7 @@ from downstream.significance import TEST_DESCRIPTIONS, TESTS
 from downstream.splits import EVAL_SPLITS, FoldData, load_fold
 from downstream.study import StudySetup, run_hash, run_path, run_study
 from downstream.training import TrainConfig
-from infra.argtypes import int_at_least, number_in, positive_int, positive_number
+from infra.argtypes import int_at_least, non_negative_int, number_at_least, number_in, positive_int, positive_number
 from infra.distributed import pick_device
 from infra.errors import UserError, run_main
 from infra.flags import add_device_flag, add_epochs_flag, add_num_workers_flag, add_tf32_flag, check_flag_values
@@ -366,8 +366,8 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     """What is compared: data, folds, seeds, conditions, output folder."""
     p.add_argument("--data-path", type=str, required=True, help="real dataset root with {train,val,test}_{fold}.csv")
     add_dataset_arguments(p)
-    p.add_argument("--folds", type=int, nargs="+", default=[0], help="folds to run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per fold")
+    p.add_argument("--folds", type=non_negative_int, nargs="+", default=[0], help="folds to run")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0], help="training seeds per fold")
     p.add_argument(
         "--conditions",
         type=str,
@@ -382,6 +382,7 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
 def add_protocol_flags(p: argparse.ArgumentParser) -> None:
     """The classifier, its input, optimiser, schedule, decision threshold and geometric augmentation."""
     unit = number_in(0.0, 1.0)  # strictly between 0 and 1
+    probability = number_in(0.0, 1.0, "low high")
     p.add_argument("--arch", type=str, choices=ARCHS, default="resnet50", help="classifier (tiny: CPU tests/demos)")
     p.add_argument(
         "--pretrained",
@@ -398,23 +399,34 @@ def add_protocol_flags(p: argparse.ArgumentParser) -> None:
         "--eval-batch-size", type=positive_int, default=32, help="batch size of validation/evaluation passes"
     )
     p.add_argument("--lr", type=positive_number(), default=1e-3, help="initial SGD learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    p.add_argument("--momentum", type=number_in(0.0, 1.0, "low"), default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=number_at_least(0.0), default=1e-4, help="SGD weight decay")
     p.add_argument("--lr-factor", type=unit, default=0.5, help="plateau schedule: learning-rate multiplier")
-    p.add_argument("--lr-patience", type=int, default=5, help="plateau schedule: epochs without val-mAP gain")
-    p.add_argument("--plateau-after", type=int, default=5, help="the schedule steps only once epoch > this")
-    p.add_argument("--min-lr", type=float, default=1e-7, help="stop training once the learning rate is below this")
+    p.add_argument(
+        "--lr-patience", type=non_negative_int, default=5, help="plateau schedule: epochs without val-mAP gain"
+    )
+    p.add_argument(
+        "--plateau-after", type=non_negative_int, default=5, help="the schedule steps only once epoch > this"
+    )
+    p.add_argument(
+        "--min-lr", type=number_at_least(0.0), default=1e-7, help="stop training once the learning rate is below this"
+    )
     p.add_argument("--threshold", type=unit, default=0.5, help="sigmoid score >= threshold predicts a label")
-    p.add_argument("--aug-rotation", type=float, default=360.0, help="geometric aug: rotation in [0, this] degrees")
-    p.add_argument("--aug-flip-p", type=float, default=0.5, help="geometric aug: horizontal-flip probability")
-    p.add_argument("--aug-crop-p", type=float, default=0.4, help="geometric aug: random-crop probability")
+    p.add_argument(
+        "--aug-rotation",
+        type=number_in(0.0, 360.0, "low high"),
+        default=360.0,
+        help="geometric aug: rotation in [0, this] degrees",
+    )
+    p.add_argument("--aug-flip-p", type=probability, default=0.5, help="geometric aug: horizontal-flip probability")
+    p.add_argument("--aug-crop-p", type=probability, default=0.4, help="geometric aug: random-crop probability")
     p.add_argument(
         "--aug-crop-scale",
         type=number_in(0.0, 1.0, "high"),
         default=0.7,
         help="geometric aug: smallest crop area fraction",
     )
-    p.add_argument("--aug-zoom-p", type=float, default=0.5, help="geometric aug: zoom probability")
+    p.add_argument("--aug-zoom-p", type=probability, default=0.5, help="geometric aug: zoom probability")
     p.add_argument(
         "--aug-zoom-range", type=number_in(0.0, 1.0, "low"), default=0.2, help="geometric aug: zoom factor in 1 +- this"
     )

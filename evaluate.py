@@ -37,7 +37,7 @@ from data.datasets import RETINAMNIST_NPZ, RetinaMNISTDataset, fold_csv_path
 from data.select import add_dataset_arguments, pick_dataset
 from data.transforms import center_crop_arr
 from data.validate import check_images, read_fold_csv
-from infra.argtypes import positive_int
+from infra.argtypes import non_negative_int, positive_int
 from infra.atomic_io import atomic_write_text
 from infra.distributed import pick_device
 from infra.errors import UserError, run_main
@@ -545,7 +545,9 @@ def add_metric_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ft", nargs="?", const=True, default=False, help="accepted for compatibility with the reference; no effect"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of KID subsets, LPIPS pairing and the FLD fit")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of KID subsets, LPIPS pairing and the FLD fit"
+    )
     add_inception_weights_flag(parser)
     parser.add_argument(
         "--dino-weights",

@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--block-out-channels",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=[16, 32, 64, 64],
         help="widths of the 4 resolution levels (downsampling 8)",

@@ -25,7 +25,7 @@ from bench.sampling import SamplingSpec, run_sampling
 from bench.step import run_step
 from bench.throughput import run_training
 from bench.timing import load_average, render_table
-from infra.argtypes import positive_int
+from infra.argtypes import non_negative_int, positive_int
 from infra.distributed import pick_device
 from infra.errors import run_main
 from infra.flags import add_device_flag, add_tf32_flag
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="what to measure")
     p.add_argument(
         "--nca-checkpoint",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="training section: activation-checkpoint segments of the GeCA models (as train.py's flag)",
     )

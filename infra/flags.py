@@ -109,7 +109,7 @@ def add_global_seed_flag(parser: argparse.ArgumentParser) -> None:
     """`--global-seed`, default 0."""
     parser.add_argument(
         "--global-seed",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="seed of the run: every random stream (weights, data order, flips, noise) is derived from it and the "
         "rank or image index",

@@ -212,6 +212,13 @@ def test_errors_before_training(phantoms, samples, tmp_path):
         (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
         (["--image-size", "4"], "argument --image-size: must be an integer >= 8, got 4"),
         (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+        (["--momentum", "1"], "argument --momentum: must be a number in [0, 1), got 1.0"),
+        (["--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0, got -1.0"),
+        (["--min-lr=-1e-7"], "argument --min-lr: must be a finite number >= 0, got -1e-07"),
+        (["--lr-patience", "-1"], "argument --lr-patience: must be an integer >= 0, got -1"),
+        (["--aug-flip-p", "2"], "argument --aug-flip-p: must be a number in [0, 1], got 2.0"),
+        (["--aug-rotation", "400"], "argument --aug-rotation: must be a number in [0, 360], got 400.0"),
+        (["--seeds", "0", "-1"], "argument --seeds: must be an integer >= 0, got -1"),
     ],
 )
 def test_out_of_range_flags_are_refused_by_the_parser(extra, message, capsys):
