@@ -6,6 +6,7 @@ in the template; the code computes values.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from infra.markdown import format_bytes, markdown_table
 from infra.stages import atomic_write_text, read_json, write_json
-from infra.templates import render_block
+from infra.templates import fill_block
 
 TEMPLATE = Path(__file__).with_name("templates") / "gpu_report.md"
 STAGES = ("pytest", "bench", "train", "sample", "fp16")
@@ -156,9 +157,8 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def part(block: str, **values: object) -> str:
-    """Block `block` of the report template with `values` (str() of each) filled in."""
-    return render_block(TEMPLATE, block, {k: str(v) for k, v in values.items()})
+# part(block, **values): a block of the report template with str() of each value filled in (infra.templates).
+part = functools.partial(fill_block, TEMPLATE)
 
 
 def bullets(block: str, **values: object) -> list[str]:

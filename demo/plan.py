@@ -12,6 +12,7 @@ the other slot. Every path in a command is relative to the repository root when 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +38,9 @@ DEMO_AUGMENTATION = (
 STAGE_TEMPLATE = Path(__file__).with_name("templates") / "stages.md"
 
 
-def describe(block: str, /, *sources: dict, **values: object) -> str:
-    """Block `block` of the stage descriptions with `values` filled in, and what else it names from `sources`."""
-    return fill_block(STAGE_TEMPLATE, block, *sources, **values)
+# describe(block, *sources, **values): a block of the stage descriptions with `values` and what else it names from
+# `sources` filled in (infra.templates.fill_block).
+describe = functools.partial(fill_block, STAGE_TEMPLATE)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import platform
@@ -48,9 +49,8 @@ METRICS = (
 )
 
 
-def part(block: str, /, *sources: dict, **values: object) -> str:
-    """Block `block` of the study template with `values` filled in, and what else it names from `sources`."""
-    return fill_block(TEMPLATE, block, *sources, **values)
+# part(block, *sources, **values): a block of the study template, filled (infra.templates.fill_block).
+part = functools.partial(fill_block, TEMPLATE)
 
 
 # ----------------------------------------------------------------------------------------------------------------
