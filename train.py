@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from data.select import add_dataset_arguments
 from diffusion import create_diffusion
 from diffusion.respace import SpacedDiffusion
-from infra.argtypes import int_at_least, non_negative_int, number_in, positive_int
+from infra.argtypes import int_at_least, non_negative_int, positive_int
 from infra.checkpoint import find_model
 from infra.errors import UserError, run_main
 from infra.flags import (
@@ -59,7 +59,7 @@ from infra.tracker import Tracker
 from models import DiT_models
 from training.data import load_training_set, load_validation_batch
 from training.experiment import console_logger, open_experiment, plot_curves
-from training.flags import check_args, check_input_size
+from training.flags import EMA_DECAY, LEARNING_RATE, check_args, check_input_size
 from training.loop import TrainingRun, run_training
 from training.resume import ResumePoint, open_resume, restore
 from training.selection import BEST_RULES
@@ -351,15 +351,13 @@ def add_project_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
     p.add_argument(
         "--lr",
-        type=number_in(
-            0.0, 1.0, "high", "AdamW moves every weight by about lr per step (the reference trains at 1e-4)"
-        ),
+        type=LEARNING_RATE,
         default=1e-4,
         help="AdamW learning rate, constant (reference 1e-4; larger only for runs of a few hundred steps)",
     )
     p.add_argument(
         "--ema-decay",
-        type=number_in(0.0, 1.0, "low", "the EMA keeps this fraction of itself at every optimiser step"),
+        type=EMA_DECAY,
         default=0.9999,
         help="EMA decay per optimiser step (reference 0.9999; smaller only for runs of a few hundred steps)",
     )

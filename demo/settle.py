@@ -30,14 +30,16 @@ from data.validate import read_fold_csv
 from demo.pixels import pixel_stats
 from demo.profiles import FOLD, FULL
 from diffusion import create_diffusion
-from infra.argtypes import image_size_flag, number_at_least, number_in, positive_int, positive_number
+from infra.argtypes import number_at_least, positive_int
 from infra.atomic_io import atomic_save_grid, atomic_write_text
 from infra.checkpoint import find_model
 from infra.errors import UserError, run_main
+from infra.flags import add_fold_flag, add_image_size_flag, add_model_flag
 from infra.plots import Panel, Series, plot_panels
 from infra.stages import REPO_ROOT
 from models import DiT_models
 from synthesis.generate import noise_seed, sample_images
+from training.flags import EMA_DECAY, LEARNING_RATE
 
 
 def real_validation(data_path: Path, fold: int, size: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,14 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True, help="phantom dataset root (val_{fold}.csv)")
     p.add_argument("--features", required=True, help="extract_features.py output (features_{fold}/, labels_{fold}/)")
     p.add_argument("--vae", required=True, help="the VAE folder the latents were made with")
-    p.add_argument("--model", default="GeCA-T", choices=list(DiT_models), help="registry key")
+    add_model_flag(p, DiT_models)
     p.add_argument("--steps", type=positive_int, nargs="+", required=True, help="checkpoint steps, increasing")
     p.add_argument("--out", required=True, help="output folder (the training run, settle.csv, settle.png)")
-    p.add_argument("--image-size", type=image_size_flag, default=FULL.image_size, help="image side in pixels")
-    p.add_argument("--fold", type=int, default=FOLD, help="fold")
+    add_image_size_flag(p)
+    add_fold_flag(p, FOLD)
     p.add_argument("--batch-size", type=positive_int, default=FULL.batch_size, help="training batch")
-    p.add_argument("--lr", type=positive_number(), default=FULL.lr, help="AdamW learning rate")
-    p.add_argument("--ema-decay", type=number_in(0, 1, "low"), default=FULL.ema_decay, help="EMA decay per step")
+    p.add_argument("--lr", type=LEARNING_RATE, default=FULL.lr, help="AdamW learning rate")
+    p.add_argument("--ema-decay", type=EMA_DECAY, default=FULL.ema_decay, help="EMA decay per step")
     p.add_argument(
         "--num-samples", type=positive_int, default=64, help="validation label vectors sampled per checkpoint"
     )
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cfg-scale", type=number_at_least(1.0), default=FULL.cfg_scale, help="guidance scale (GHG for GeCA)"
     )
+    p.set_defaults(model="GeCA-T", image_size=FULL.image_size)
     return p
 
 

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import argparse
 
+from infra.argtypes import number_in
 from infra.errors import UserError
+
+# The argparse types of `--lr` and `--ema-decay` (train.py, and demo.settle, which passes them on to it).
+LEARNING_RATE = number_in(
+    0.0, 1.0, "high", "AdamW moves every weight by about lr per step (the reference trains at 1e-4)"
+)
+EMA_DECAY = number_in(0.0, 1.0, "low", "the EMA keeps this fraction of itself at every optimiser step")
 
 
 def check_args(args: argparse.Namespace, world_size: int = 1) -> None:
