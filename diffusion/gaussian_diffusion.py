@@ -82,6 +82,12 @@ class LossType(enum.Enum):
     RESCALED_KL = enum.auto()  # the variational bound alone, times T
 
 
+def device_copy(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A table's one copy to `device`. Non-blocking, so the first sampling step does not wait for the device (the
+    numpy source lives as long as the diffusion object that caches the copy)."""
+    return torch.from_numpy(array).to(device, non_blocking=True)
+
+
 def extract(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-sample coefficients `table[t]`, cast to x's dtype and broadcast to x's shape.
 
@@ -200,7 +206,7 @@ class GaussianDiffusion:
         """Table `name` at timesteps t, in x's dtype and shape; tables are copied to a device once."""
         tables = self._device_tables.get(t.device)
         if tables is None:
-            tables = {k: torch.from_numpy(v).to(t.device) for k, v in self._np_tables.items()}
+            tables = {k: device_copy(v, t.device) for k, v in self._np_tables.items()}
             self._device_tables[t.device] = tables
         return extract(tables[name], t, x)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion.gaussian_diffusion import GaussianDiffusion, ModelFn
+from diffusion.gaussian_diffusion import GaussianDiffusion, ModelFn, device_copy
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> set[int]:
@@ -107,7 +107,7 @@ class SpacedDiffusion(GaussianDiffusion):
         """The original timestep of each respaced index, shape of t, on t's device (the map is copied once)."""
         table = self._device_maps.get(t.device)
         if table is None:
-            table = torch.from_numpy(self.timestep_map).to(t.device)
+            table = device_copy(self.timestep_map, t.device)
             self._device_maps[t.device] = table
         return table[t].to(t.dtype)
 
