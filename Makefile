@@ -39,7 +39,7 @@ study: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# One CUDA GPU, under 8 minutes: every GPU figure in gpu_check/REPORT.md (docs/PERFORMANCE.md, "GPU check"); without a
+# One CUDA GPU, under 10 minutes: every GPU figure in gpu_check/REPORT.md (docs/PERFORMANCE.md, "GPU check"); without a
 # GPU, one line and exit 0. GPU_PY=python3: that interpreter as it is, no venv (a GPU machine whose python has torch
 # but no network to install into the venv). GPU_CHECK_ARGS: more flags, e.g. --dry (the CPU dry run) or --resume.
 gpu-check: $(if $(GPU_PY),,$(STAMP))

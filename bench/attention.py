@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.timing import Row, paired_ratio, time_interleaved
+from infra.precision import set_tf32, set_tf32_state, tf32_state
 from models.cellular import NEIGHBOUR_OFFSETS, flex_grid_local_attention, grid_local_attention, impulse_local_attention
 
 AttentionFn = Callable[[torch.Tensor, int, int, int, float], torch.Tensor]
@@ -65,11 +66,18 @@ def run_attention(
         return out.detach(), leaf.grad
 
     reference = next(iter(variants))
-    ref_out, ref_grad = fwd_bwd(variants[reference])
-    gaps = {}
-    for name, fn in variants.items():
-        out, grad = fwd_bwd(fn)
-        gaps[name] = max((out - ref_out).abs().max().item(), (grad - ref_grad).abs().max().item())
+    # The gaps compare the algorithms in float32: TF32 (on by default on a GPU) would round the reference's
+    # convolution and the products to 10 mantissa bits, a gap of about 1e-3 that says nothing about the gather.
+    tf32 = tf32_state()
+    set_tf32(False)
+    try:
+        ref_out, ref_grad = fwd_bwd(variants[reference])
+        gaps = {}
+        for name, fn in variants.items():
+            out, grad = fwd_bwd(fn)
+            gaps[name] = max((out - ref_out).abs().max().item(), (grad - ref_grad).abs().max().item())
+    finally:
+        set_tf32_state(tf32)
     label = f"local attention fwd+bwd (N={batch}, {heads}x{head_dim}, {side}x{side})"
     timers = {name: functools.partial(fwd_bwd, fn) for name, fn in variants.items()}
     rows, times = time_interleaved(label, timers, repeats, device)

@@ -125,11 +125,15 @@ class Report:
         at_128 = [r for r in self.stages["train"].data.get("runs", []) if r.get("batch") == 128]
         sps = next((r["steps_per_sec"] for r in at_128 if not r.get("compile") and r.get("steps_per_sec")), None)
         geca = self.stages["sample"].data.get("models", {}).get("GeCA-S", {})
-        e2e = geca.get("end_to_end", {}).get("seconds")
+        e2e, denoise = (geca.get(k, {}).get("seconds") for k in ("end_to_end", "denoise"))
         spi = e2e / geca["batch"] if e2e and geca.get("batch") else None
         on = self.peak.get("label") or self.device.get("name", "?")
         train = f"{sps:.2f} steps/s on {on}" if sps else None
         sample = f"{spi:.3f} s/image (VAE decode included)" if spi else None
+        if spi is None and denoise and denoise / geca["batch"] > SAMPLE_TARGET_S_PER_IMAGE:
+            # Without the end-to-end run, denoising alone already misses the target: decoding only adds time.
+            spi = denoise / geca["batch"]
+            sample = f"over {spi:.3f} s/image: denoising alone takes that (the end-to-end run did not fit the cap)"
         return [
             target_row(TRAIN_TARGET, 3, train, sps is not None and sps >= TRAIN_TARGET_STEPS_PER_S),
             target_row(SAMPLE_TARGET, 4, sample, spi is not None and spi <= SAMPLE_TARGET_S_PER_IMAGE),
