@@ -250,7 +250,8 @@ def describe_train(rep: StageReport, sizes, largest: int | None, peak_text: str)
     for r in runs:
         if r["status"] not in ("ok", "out of memory"):
             compiled = " --compile" if r["compile"] else ""
-            rep.notes.append(f"batch {r['batch']}{compiled}: {r['status']}: {r.get('error', '')}")
+            error = f": {r['error']}" if r.get("error") else ""  # a run stopped at the cap has no error of its own
+            rep.notes.append(f"batch {r['batch']}{compiled}: {r['status']}{error}")
     if largest:
         rep.headline = f"largest batch that fits: {largest}"
     elif runs and all(r["status"] == "out of memory" for r in runs):

@@ -326,9 +326,21 @@ def test_train_stage_out_of_memory_and_the_cap(tmp_path):
     ]
     assert rep.data["largest_batch"] == 64 and rep.status == "timed out"
     assert rep.headline.startswith("largest batch that fits: 64; batch 64: 5 steps/s")
-    assert "batch 64 --compile: timed out: " in rep.notes
+    assert "batch 64 --compile: timed out" in rep.notes
     targets = json.loads((ctx.report.out / "report.json").read_text())["targets"]
     assert targets[0]["measured"] == "not measured (see stage 3)"  # batch 128 ran out of memory
+
+
+def test_train_notes_give_a_failed_burst_its_error_and_a_capped_one_none():
+    from bench import gpu_check
+    from bench.gpu_report import StageReport, describe_train
+
+    rep = StageReport("train", "3. training burst", 160)
+    failed = {"batch": 128, "compile": False, "status": "failed", "error": "RuntimeError: boom"}
+    rep.data["runs"] = [failed, {"batch": 32, "compile": True, "status": "timed out"}]
+    describe_train(rep, gpu_check.GPU_SIZES, None, "n/a")
+    assert rep.notes[-2:] == ["batch 128: failed: RuntimeError: boom", "batch 32 --compile: timed out"]
+    assert rep.headline == "largest batch not found (see the notes)"
 
 
 @pytest.mark.parametrize("denoise_seconds, met", [(31.0, "NO"), (9.6, "n/a")])
