@@ -407,11 +407,15 @@ def test_stages_whose_worker_wrote_nothing(tmp_path):
             outcome = super().run_command(["true"], name, timeout)
             return type(outcome)(1, 1.0, False, outcome.log)  # exit 1, no JSON left
 
-    ctx = gpu_context(tmp_path, Silent(tmp_path / "out"), stages=["sample", "fp16"])
-    for key in ("sample", "fp16"):
+    ctx = gpu_context(tmp_path, Silent(tmp_path / "out"), stages=["bench", "sample", "fp16"])
+    ctx.runner.out.mkdir(parents=True, exist_ok=True)
+    (ctx.runner.out / "bench.md").write_text("| an earlier run's table |\n")
+    for key in ("bench", "sample", "fp16"):
         rep = ctx.report.stages[key]
         getattr(gpu_check, f"stage_{key}")(ctx, rep, time.time() + 60)
-        assert rep.status == "failed" and rep.notes[-1] == f"worker exit 1; $ true / last line of {key}"
+        exit_note = "bench exit" if key == "bench" else "worker exit"
+        assert rep.status == "failed" and rep.notes[-1] == f"{exit_note} 1; $ true / last line of {key}"
         assert render_stage(asdict(rep)).startswith(f"## {rep.title}\n\nstatus: **failed**")
     assert "VAE: not built (see the log)" in ctx.report.stages["sample"].notes
     assert ctx.report.stages["fp16"].headline == "no losses; GHG fp16 not run"
+    assert ctx.report.stages["bench"].tables == [] and ctx.report.stages["bench"].headline == "0 rows, 0 out of memory"
