@@ -31,8 +31,6 @@ FINISHED = ("ok", "failed")  # statuses `--resume` keeps
 # The README's first GPU targets.
 TRAIN_TARGET_STEPS_PER_S = 2.0  # GeCA-S, batch 128, one H100-class GPU
 SAMPLE_TARGET_S_PER_IMAGE = 0.5  # 250 steps with CFG
-TRAIN_TARGET = f"GeCA-S training >= {TRAIN_TARGET_STEPS_PER_S:g} steps/s at batch 128 (fp16, one H100-class GPU)"
-SAMPLE_TARGET = f"GeCA-S sampling <= {SAMPLE_TARGET_S_PER_IMAGE:g} s/image, 250 steps, CFG 1.5"
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets, matched against the
 # device name in this order. GeForce parts are listed at their fp32-accumulate rate, which PyTorch uses.
@@ -119,24 +117,27 @@ class Report:
 
     def targets(self) -> list[dict]:
         """(target, measured, met) of the README's first GPU targets, from stage 3's and stage 4's data."""
+        targets = (
+            part("target_train", rate=f"{TRAIN_TARGET_STEPS_PER_S:g}"),
+            part("target_sample", seconds=f"{SAMPLE_TARGET_S_PER_IMAGE:g}"),
+        )
         if self.mode == "dry":
-            dry = "dry mode (tiny CPU sizes; the target is for GeCA-S on a GPU)"
-            return [{"target": t, "measured": dry, "met": "n/a"} for t in (TRAIN_TARGET, SAMPLE_TARGET)]
+            return [{"target": t, "measured": part("target_dry"), "met": "n/a"} for t in targets]
         at_128 = [r for r in self.stages["train"].data.get("runs", []) if r.get("batch") == 128]
         sps = next((r["steps_per_sec"] for r in at_128 if not r.get("compile") and r.get("steps_per_sec")), None)
         geca = self.stages["sample"].data.get("models", {}).get("GeCA-S", {})
         e2e, denoise = (geca.get(k, {}).get("seconds") for k in ("end_to_end", "denoise"))
         spi = e2e / geca["batch"] if e2e and geca.get("batch") else None
         on = self.peak.get("label") or self.device.get("name", "?")
-        train = f"{sps:.2f} steps/s on {on}" if sps else None
-        sample = f"{spi:.3f} s/image (VAE decode included)" if spi else None
+        train = part("measured_train", rate=f"{sps:.2f}", device=on) if sps else None
+        sample = part("measured_sample", seconds=f"{spi:.3f}") if spi else None
         if spi is None and denoise and denoise / geca["batch"] > SAMPLE_TARGET_S_PER_IMAGE:
             # Without the end-to-end run, denoising alone already misses the target: decoding only adds time.
             spi = denoise / geca["batch"]
-            sample = f"over {spi:.3f} s/image: denoising alone takes that (the end-to-end run did not fit the cap)"
+            sample = part("measured_denoise", seconds=f"{spi:.3f}")
         return [
-            target_row(TRAIN_TARGET, 3, train, sps is not None and sps >= TRAIN_TARGET_STEPS_PER_S),
-            target_row(SAMPLE_TARGET, 4, sample, spi is not None and spi <= SAMPLE_TARGET_S_PER_IMAGE),
+            target_row(targets[0], 3, train, sps is not None and sps >= TRAIN_TARGET_STEPS_PER_S),
+            target_row(targets[1], 4, sample, spi is not None and spi <= SAMPLE_TARGET_S_PER_IMAGE),
         ]
 
     def write(self) -> None:
@@ -147,7 +148,7 @@ class Report:
 def target_row(target: str, stage: int, measured: str | None, met: bool) -> dict:
     """One row of the targets table; `measured` None when the stage has no figure for it."""
     if measured is None:
-        return {"target": target, "measured": f"not measured (see stage {stage})", "met": "n/a"}
+        return {"target": target, "measured": part("target_unmeasured", stage=stage), "met": "n/a"}
     return {"target": target, "measured": measured, "met": "yes" if met else "NO"}
 
 
