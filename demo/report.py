@@ -32,7 +32,7 @@ from infra.errors import run_main
 from infra.markdown import markdown_table
 from infra.naming import model_tag
 from infra.plots import Panel, Series, image_grid, plot_image_grids, plot_panels
-from infra.stages import Runner, Stage, format_seconds
+from infra.stages import Runner, Stage, format_seconds, read_json
 from infra.templates import fill_block
 from metrics.kid import kid_difference
 from training.selection import NOISE_Z
@@ -87,14 +87,9 @@ def multiline_command(command: str, width: int = 100) -> str:
     return " \\\n    ".join(lines)
 
 
-def read_json_if_present(path: Path, missing: object = None) -> object:
-    """The JSON file at `path`, or `missing` when a stage has not written it yet."""
-    return json.loads(path.read_text()) if path.is_file() else missing
-
-
 def read_metrics(lay: Layout, p: Profile, v: Variant) -> dict | None:
     """evaluate.py's metrics JSON of one synthetic set (None before its evaluate stage has written it)."""
-    return read_json_if_present(lay.sample_folder(v, p) / f"metrics_{lay.fold}.json")
+    return read_json(lay.sample_folder(v, p) / f"metrics_{lay.fold}.json") or None
 
 
 def metric_cell(entries: Sequence[dict | None], key: str) -> str:
@@ -234,8 +229,8 @@ def dataset_section(lay: Layout, p: Profile) -> str:
 
 
 def vae_section(lay: Layout, p: Profile, results: dict) -> str:
-    rep = read_json_if_present(lay.vae_run / "vae_report.json")
-    if rep is None:
+    rep = read_json(lay.vae_run / "vae_report.json")
+    if not rep:
         return part("vae_missing")
     if (lay.vae_run / "reconstructions.png").is_file():
         shutil.copyfile(lay.vae_run / "reconstructions.png", lay.assets / "vae_reconstructions.png")
@@ -274,7 +269,7 @@ def training_section(lay: Layout, p: Profile, models: list[str], params: dict[st
         loss.append(Series(losses, model))
         kid.append(Series([(s, k) for s, k, _ in kids], model, "o-"))
         # Which validation's weights best_ckpt.pt holds, and why.
-        record = read_json_if_present(exp / "checkpoints" / "best_ckpt.json")
+        record = read_json(exp / "checkpoints" / "best_ckpt.json")
         steps = str(max((int(r["step"]) for r in metrics), default=0))
         last = f"{losses[-1][1]:.4f} (step {losses[-1][0]})" if losses else "n/a"
         kid_cells = ", ".join(f"{k:.1f} ± {e:.1f} (step {s})" for s, k, e in kids) or "n/a"
@@ -438,7 +433,7 @@ def main(args: argparse.Namespace) -> Path:
     stages = build_stages(p, lay, config["device"])
     lay.assets.mkdir(parents=True, exist_ok=True)
     params = parameter_counts(models, p.image_size)
-    results = read_json_if_present(lay.classify / "results.json", {})
+    results = read_json(lay.classify / "results.json")
     written = datetime.datetime.now().isoformat(timespec="seconds")
     quick_flag = " QUICK=1" if p.name == "quick" else ""
     head = part("head", config, profile=p.name, written=written, quick_flag=quick_flag, models=", ".join(models))
