@@ -25,14 +25,15 @@ __all__ = [
 
 DATASET_KINDS = ("oct", "retinamnist", "csv", "tnbc")
 
-# Case-sensitive path substrings the reference scripts test, in the order checked here
-# (docs/REFERENCE.md §10.24, §10.28).
+# Case-sensitive path substrings the reference scripts test, in the order they test them (docs/REFERENCE.md §10.24,
+# §10.28): its data loaders take 'RetinaMNIST' (train.py's transform: 'MNIST') before the fold-CSV dataset's 'oct' and
+# 'TNBC'; only sample_ddp.py looks for lower-case 'retina', after 'oct' and 'TNBC' (so data/retinal_oct is OCT).
 _PATH_RULES = (
     ("RetinaMNIST", "retinamnist"),
     ("MNIST", "retinamnist"),
-    ("retina", "retinamnist"),
     ("oct", "oct"),
     ("TNBC", "tnbc"),
+    ("retina", "retinamnist"),
 )
 
 
@@ -58,7 +59,7 @@ def pick_dataset(data_path: str, dataset: str | None = None) -> str:
             return kind
     raise UserError(
         f"cannot tell the dataset from --data-path {data_path!r} (the reference looks for 'RetinaMNIST', 'MNIST', "
-        f"'retina', 'oct' or 'TNBC' in it); pass --dataset {{{','.join(DATASET_KINDS)}}}"
+        f"'oct', 'TNBC' or 'retina' in it); pass --dataset {{{','.join(DATASET_KINDS)}}}"
     )
 
 

@@ -23,6 +23,8 @@ from tests.helpers.phantom_data import make_phantom_fundus
         ("/data/medMNIST", "retinamnist"),
         ("data/retina", "retinamnist"),
         ("data/TNBC", "tnbc"),
+        ("data/retinal_oct/", "oct"),  # the reference's loaders and sample_ddp.py test 'oct' before 'retina'
+        ("data/retina_TNBC", "tnbc"),
     ],
 )
 def test_pick_dataset_from_path_like_the_reference(path, kind):
