@@ -14,10 +14,11 @@ def model_tag(model: str) -> str:
 def experiment_dir(results_dir: str | Path, model: str, fold: int) -> Path:
     """The next experiment folder `{results_dir}/{NNN}-{model}-{fold}` (docs/REFERENCE.md §3.2).
 
-    NNN is the zero-padded count of entries already in `results_dir`, as the reference counts them.
+    NNN is the zero-padded count of entries already in `results_dir`, as the reference counts them (`glob.glob` of
+    `*`, which passes over hidden entries such as `.DS_Store` or `.ipynb_checkpoints`).
     """
     results_dir = Path(results_dir)
-    index = len(list(results_dir.iterdir())) if results_dir.is_dir() else 0
+    index = sum(not p.name.startswith(".") for p in results_dir.iterdir()) if results_dir.is_dir() else 0
     return results_dir / f"{index:03d}-{model_tag(model)}-{fold}"
 
 

@@ -19,6 +19,7 @@ def test_experiment_dir_counts_existing_entries(tmp_path):
     assert experiment_dir(tmp_path / "missing", "GeCA-S", 8).name == "000-GeCA-S-8"
     (tmp_path / "000-GeCA-S-8").mkdir()
     (tmp_path / "notes.txt").write_text("")
+    (tmp_path / ".DS_Store").write_text("")  # hidden: the reference's glob does not see it
     assert experiment_dir(tmp_path, "DiT-XL/2", 0).name == "002-DiT-XL-2-0"
 
 
