@@ -50,6 +50,7 @@ from infra.flags import (
 )
 from infra.logs import create_logger
 from infra.precision import set_tf32
+from infra.provenance import file_identity
 from infra.seeding import seed_everything
 from infra.tracker import Tracker
 from metrics.dino import dino_transform, load_dino
@@ -58,7 +59,6 @@ from metrics.features import (
     MetricUnavailable,
     cached_features,
     extract_features,
-    file_identity,
     file_image_set,
     pil_to_uint8,
 )

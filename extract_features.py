@@ -49,6 +49,7 @@ from infra.flags import (
 )
 from infra.logs import create_logger
 from infra.precision import set_tf32
+from infra.provenance import check_settings, label_item, source_identity, write_settings
 from infra.rng import mixed_seed, sample_generators
 from infra.seeding import rank_seed, seed_everything
 from models import DiT_models
@@ -108,6 +109,19 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         )
 
 
+def latent_settings(args: argparse.Namespace, kind: str, flip: bool) -> dict:
+    """What determines a fold's latents besides each one's image and label: the VAE, the crop size, the flips and
+    the seed of the per-image noise."""
+    return {
+        "dataset": kind,
+        "fold": args.fold,
+        "vae": source_identity(args.vae),
+        "image_size": args.image_size,
+        "flip": flip,
+        "global_seed": args.global_seed,
+    }
+
+
 def main(args: argparse.Namespace) -> None:
     dist = setup_distributed()
     try:
@@ -132,9 +146,16 @@ def main(args: argparse.Namespace) -> None:
             raise UserError(f"--num-classes {args.num_classes} does not match the {num_labels} labels of {kind} data")
         flip = kind != "retinamnist" and not args.no_flip  # the reference flips OCT/TNBC images, not RetinaMNIST
 
-        # Output folders.
+        # Output folders. Pairs of an earlier run are continued only when it had this run's settings.
         feature_dir, label_dir = output_dirs(args.features_path, args.fold)
+        record = Path(args.features_path) / f"settings_{args.fold}.json"
+        settings = latent_settings(args, kind, flip)
+        items = [f"{dataset.source_name(i)} {label_item(y)}" for i, y in enumerate(dataset.labels)]
+        existing = {int(p.stem) for d in (feature_dir, label_dir) for p in d.glob("*.npy") if p.stem.isdigit()}
+        where = f"latent/label pairs in {feature_dir} and {label_dir}"
+        check_settings(record, settings, items, sorted(existing), where, "--features-path")
         if dist.is_main:
+            write_settings(record, settings, items)
             feature_dir.mkdir(parents=True, exist_ok=True)
             label_dir.mkdir(parents=True, exist_ok=True)
         barrier()

@@ -307,7 +307,9 @@ def add_reference_flags(p: argparse.ArgumentParser) -> None:
     add_in_channels_flag(p)
     p.add_argument("--grad_norm", action="store_true", help="divide each gradient tensor by its own L2 norm")
     add_image_space_flag(p)
-    p.add_argument("--cache", action="store_true", help="cache latents in memory")
+    p.add_argument(
+        "--cache", action="store_true", help="cache latents in memory (ignored with --image_space: docs/DEVIATIONS.md)"
+    )
     p.add_argument(
         "--multi_scale", action="store_true", help="not supported (docs/DECISIONS.md §C2.10): rejected with an error"
     )

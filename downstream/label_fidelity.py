@@ -39,6 +39,7 @@ from downstream.study import (
 )
 from downstream.training import TrainConfig, predict_with_state
 from infra.atomic_io import atomic_write_text
+from infra.provenance import file_sha256
 
 GAN_TEST_DIR = "gan_test"
 # Bump when the meaning of a stored GAN-test record changes, so old files are not reused.
@@ -51,15 +52,6 @@ BULKY_KEYS: tuple[str, ...] = ("scores",)
 def gan_test_name(set_name: str) -> str:
     """The `condition` entry of a GAN-test record in results.csv/json: `GAN-test:{set}`."""
     return f"GAN-test:{set_name}"
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gan_test_hash(baseline_key: str, state_file: Path, fold_data: FoldData, set_name: str) -> str:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from data.images import to_rgb
 from data.transforms import center_crop_arr
 from infra.atomic_io import atomic_write
+from infra.provenance import file_identity
 
 CACHE_VERSION = 1
 
@@ -52,12 +53,6 @@ class WeightsNotFoundError(MetricUnavailable):
 def torch_hub_checkpoint(name: str) -> Path:
     """`$TORCH_HOME/hub/checkpoints/{name}`, where torchvision and torch-fidelity keep downloaded weights."""
     return Path(torch.hub.get_dir()) / "checkpoints" / name
-
-
-def file_identity(path: str | Path) -> str:
-    """Path, size and modification time of a file: changes whenever the file is replaced or edited."""
-    stat = Path(path).stat()
-    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,24 +24,17 @@ from tqdm import tqdm
 from data.transforms import to_uint8
 from data.vae import load_vae, reconstruct
 from infra.atomic_io import atomic_save_png, atomic_write_text
-from metrics.features import ImageSet, file_identity, file_image_set
+from infra.provenance import source_identity
+from metrics.features import ImageSet, file_image_set
 
 # Marks a finished reconstruction folder; a folder without it (an interrupted run) is rebuilt.
 DONE = "DONE"
 _TO_TENSOR = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
 
 
-def vae_identity(vae: str) -> str:
-    """What identifies a VAE: a hub name as it is, a folder by the identity (path, size, time) of its files."""
-    folder = Path(vae)
-    if not folder.is_dir():
-        return vae
-    return ";".join(file_identity(p) for p in sorted(folder.iterdir()) if p.is_file())
-
-
 def reconstruction_identity(images: ImageSet, vae: str) -> str:
     """What the reconstructions of `images` by `vae` depend on, as a digest."""
-    return hashlib.sha256(f"{images.identity}|{vae_identity(vae)}".encode()).hexdigest()
+    return hashlib.sha256(f"{images.identity}|{source_identity(vae)}".encode()).hexdigest()
 
 
 @torch.no_grad()

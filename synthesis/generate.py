@@ -22,6 +22,7 @@ from data.transforms import to_uint8
 from infra import rng
 from infra.atomic_io import atomic_save_grid, atomic_save_png, remove_stale_temps
 from infra.distributed import DistInfo, all_gather_objects, barrier
+from infra.provenance import check_settings, label_item, write_settings
 from synthesis.annotations import write_annotations
 
 
@@ -112,6 +113,9 @@ class SynthesisJob:
         folder: the sample folder (`{sample_dir}/{sample_folder_name(...)}`).
         subdir: `gen_samples` (augmentation set) or `gen_samples_val` (validation copy).
         csv_name: `train_syn_{fold}.csv` or `val_syn_{fold}.csv`.
+        settings: what determines the images besides their labels (checkpoint, VAE, sampler, seed, ...), recorded
+            with the labels in `{folder}/{subdir}_settings.json`: a re-run keeps only images made with its settings
+            for its labels.
     """
 
     labels: np.ndarray
@@ -119,9 +123,14 @@ class SynthesisJob:
     folder: Path
     subdir: str
     csv_name: str
+    settings: dict
 
     def png(self, index: int) -> Path:
         return self.folder / self.subdir / f"{index:06d}.png"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / f"{self.subdir}_settings.json"
 
     @property
     def grid(self) -> Path:
@@ -152,8 +161,13 @@ def run_synthesis(
     Returns:
         Summary with `images` (written in this run, all ranks), `total`, `seconds`, `images_per_sec`, `csv`.
     """
+    # Images of an earlier run are kept only when made with this run's settings for this run's labels.
+    images, items = job.folder / job.subdir, [label_item(y) for y in job.labels]
+    existing = [int(p.stem) for p in images.glob("*.png") if p.stem.isdigit()]
+    check_settings(job.record, job.settings, items, existing, f"images in {images}", "--sample-dir")
     todo = [i for i in range(dist.rank, len(job.labels), dist.world_size) if not job.png(i).exists()]
     if dist.is_main:
+        write_settings(job.record, job.settings, items)
         # Temporary files a killed run left behind: this job's own sub-folder and outputs only (the other sampling
         # script may be writing in the same sample folder).
         remove_stale_temps(job.folder / job.subdir)

@@ -9,6 +9,7 @@ import numpy as np
 
 from infra.distributed import cleanup_distributed, setup_distributed
 from infra.logs import create_logger
+from infra.provenance import source_identity
 from infra.seeding import rank_seed, seed_everything
 from synthesis.cli import resolve_label_names, sampling_setup
 from synthesis.generate import SynthesisJob, run_synthesis
@@ -22,6 +23,23 @@ def setting_notes(args: argparse.Namespace) -> list[str]:
     if getattr(args, "checkpoint_overrides", None):
         notes.append(f"given, replacing the checkpoint's: {', '.join(args.checkpoint_overrides)}")
     return notes
+
+
+def image_settings(args: argparse.Namespace) -> dict:
+    """What determines a sampling run's images besides each one's label: the weights, the VAE, the sampler and its
+    settings, the seed (precision and compilation change only rounding and are left out)."""
+    return {
+        "model": args.model,
+        "ckpt": source_identity(args.ckpt),
+        "vae": None if args.image_space else source_identity(args.vae),
+        "image_size": args.image_size,
+        "image_space": bool(args.image_space),
+        "sampler": args.sampler,
+        "num_sampling_steps": args.num_sampling_steps,
+        "cfg_scale": args.cfg_scale,
+        "ghg": bool(args.ghg),
+        "global_seed": args.global_seed,
+    }
 
 
 def run_sampling_script(
@@ -58,7 +76,7 @@ def run_sampling_script(
         )
         if not args.ghg and not cellular:
             logger.info(f"--no-ghg has no effect on {args.model}: it carries no cell state")
-        job = SynthesisJob(labels, names, folder, subdir, csv_name)
+        job = SynthesisJob(labels, names, folder, subdir, csv_name, image_settings(args))
         return run_synthesis(
             job,
             model,

@@ -5,6 +5,7 @@ A tiny random AutoencoderKL stands in for the SD-VAE (`--vae <folder>`); images 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,6 +19,8 @@ import pytest
 
 from data.labels import OCT_LABELS
 from extract_features import build_parser, check_args, flip_decision, main, sample_seed, shard_indices
+from infra.errors import UserError
+from infra.provenance import label_item
 from tests.helpers.phantom_data import make_phantom_fundus, make_phantom_oct, make_tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +152,33 @@ def test_interrupted_run_resumes(single_run, oct_root, vae_dir, tmp_path):
     for i in before:
         np.testing.assert_allclose(before[i][0], after[i][0], rtol=0, atol=1e-6)
         np.testing.assert_array_equal(before[i][1], after[i][1])
+
+
+def test_latents_of_other_settings_or_other_images_are_not_continued(single_run, oct_root, vae_dir, tmp_path):
+    """Pairs already in --features-path are kept only when settings_{fold}.json says they were made with this run's
+    settings from the same image and label: another seed, no flip, or a training CSV whose rows changed stop the run
+    before anything is written."""
+    out = tmp_path / "features"
+    shutil.copytree(single_run, out)
+    record = json.loads((out / "settings_0.json").read_text())
+    train = pd.read_csv(oct_root / "train_0.csv", index_col=0)
+    assert record["settings"]["vae"].startswith(f"{vae_dir.resolve() / 'config.json'}:")
+    labels = train[list(OCT_LABELS)].to_numpy()
+    assert record["items"] == [f"{name} {label_item(y)}" for name, y in zip(train["filename"], labels)]
+    (out / "features_0" / "3.npy").unlink()  # one pair to redo
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "features_0").glob("*.npy")}
+    for flags, changed in ((["--global-seed", "1"], "global_seed 0 -> 1"), (["--no-flip"], "flip True -> False")):
+        with pytest.raises(UserError, match=rf"were made with other settings \({changed}\); .*--features-path"):
+            main(build_parser().parse_args(_args(oct_root, out, vae_dir, *flags)))
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(oct_root, shuffled)
+    rows = pd.read_csv(shuffled / "train_0.csv", index_col=0)
+    rows.iloc[::-1].reset_index(drop=True).to_csv(shuffled / "train_0.csv")  # the same images in another order
+    with pytest.raises(UserError, match=f"output 0 was made for '{train['filename'].iloc[0]} "):
+        main(build_parser().parse_args(_args(shuffled, out, vae_dir)))
+    assert {p: p.stat().st_mtime_ns for p in (out / "features_0").glob("*.npy")} == stamps  # nothing written
+    main(build_parser().parse_args(_args(oct_root, out, vae_dir)))  # the same settings: the missing pair is redone
+    assert sorted(_read_all(out)) == list(range(len(train)))
 
 
 def test_retinamnist_one_hot_labels_without_flip(vae_dir, tmp_path):

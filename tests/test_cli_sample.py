@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,10 @@ import torch
 
 import sample_ddp
 import sample_ddp_val
+from data.labels import OCT_LABELS
 from infra.checkpoint import load_checkpoint, save_checkpoint
+from infra.errors import UserError
+from infra.provenance import label_item
 from models import DiT_models
 from tests.helpers.phantom_data import make_phantom_oct, make_tiny_vae
 from tests.helpers.sampling_probes import is_fresh_seed, random_weights, record_starts
@@ -194,6 +198,44 @@ def test_interrupted_run_resumes_to_the_same_set(ws, tmp_path, monkeypatch):
     summary = sample_ddp.main(sample_ddp.parse_args(argv(ws, run, "DiT-T/2", "--data-path", str(ws["features"]))))
     assert summary["images"] == len(ws["train_labels"]) - 4
     assert png_bytes(folder_of(run), "gen_samples") == png_bytes(folder_of(ref), "gen_samples")
+
+
+def test_images_of_another_run_are_not_continued(ws, tmp_path):
+    """A run that finds images in its folder keeps them only when the record beside them says they were made with its
+    settings for its labels: a retrained checkpoint of the same name (the same folder) stops before any image is
+    written; twice the labels, the first pass the same, keeps the images and adds the rest; a smaller set, or images
+    without a record, stop."""
+    data = ["--data-path", str(ws["features"])]
+    out = tmp_path / "out"
+    first = argv(ws, out, "DiT-T/2", *data)
+    sample_ddp.main(sample_ddp.parse_args(first))
+    folder = folder_of(out)
+    before = png_bytes(folder, "gen_samples")
+    record = folder / "gen_samples_settings.json"
+    made = json.loads(record.read_text())
+    assert made["settings"]["ckpt"].startswith(f"{ws['ckpt']['DiT-T/2'].resolve()}:")
+    labels = pd.read_csv(folder / "train_syn_0.csv", index_col=0)[list(OCT_LABELS)].to_numpy()
+    assert made["items"] == [label_item(y) for y in labels]  # image i's label, as the CSV gives it
+
+    retrained = tmp_path / "retrained" / ws["ckpt"]["DiT-T/2"].name
+    model = random_weights(DiT_models["DiT-T/2"](input_size=8, num_classes=11, in_channels=4), seed=2)
+    weights = {"model": model.state_dict(), "ema": model.state_dict(), "opt": {}}
+    save_checkpoint(retrained, {**weights, "args": argparse.Namespace(model="DiT-T/2")})
+    second = argv(ws, out, "DiT-T/2", *data)
+    second[second.index("--ckpt") + 1] = str(retrained)
+    with pytest.raises(UserError, match=rf"{len(before)} images in .* were made with other settings \(ckpt '"):
+        sample_ddp.main(sample_ddp.parse_args(second))
+    assert folder_of(out) == folder and png_bytes(folder, "gen_samples") == before
+
+    summary = sample_ddp.main(sample_ddp.parse_args([*first, "--expand_ratio", "2"]))
+    assert summary["images"] == len(before)  # only the second pass is sampled
+    after = png_bytes(folder, "gen_samples")
+    assert len(after) == 2 * len(before) and {k: after[k] for k in before} == before
+    with pytest.raises(UserError, match=f"output {len(before)} lies beyond the {len(before)} outputs of this run"):
+        sample_ddp.main(sample_ddp.parse_args(first))
+    record.unlink()
+    with pytest.raises(UserError, match="but no readable .*gen_samples_settings.json"):
+        sample_ddp.main(sample_ddp.parse_args([*first, "--expand_ratio", "2"]))
 
 
 def test_ghg_through_the_sampler(ws):
