@@ -139,6 +139,24 @@ class SynthesisJob:
         return self.folder.parent / f"{self.folder.name}_{self.subdir}_grid.png"
 
 
+def prepare_folder(job: SynthesisJob, is_main: bool) -> None:
+    """Check the images an earlier run left in the job's folder (kept only when made with this job's settings for its
+    labels: `infra.provenance`), then (main process) record the settings, remove the temporary files a killed run
+    left behind and create the folder; every process returns together."""
+    folder, items = job.folder / job.subdir, [label_item(y) for y in job.labels]
+    existing = [int(p.stem) for p in folder.glob("*.png") if p.stem.isdigit()]
+    check_settings(job.record, job.settings, items, existing, f"images in {folder}", "--sample-dir")
+    if is_main:
+        write_settings(job.record, job.settings, items)
+        # This job's own sub-folder and outputs only: the other sampling script may be writing in the same folder.
+        remove_stale_temps(folder)
+        outputs = (job.csv_name, f"{job.subdir}_annotations.npz.npy")
+        remove_stale_temps(job.folder, recursive=False, targets=outputs)
+        remove_stale_temps(job.folder.parent, recursive=False, targets=(job.grid.name,))
+        folder.mkdir(parents=True, exist_ok=True)
+    barrier()
+
+
 def run_synthesis(
     job: SynthesisJob,
     model: torch.nn.Module,
@@ -161,21 +179,8 @@ def run_synthesis(
     Returns:
         Summary with `images` (written in this run, all ranks), `total`, `seconds`, `images_per_sec`, `csv`.
     """
-    # Images of an earlier run are kept only when made with this run's settings for this run's labels.
-    images, items = job.folder / job.subdir, [label_item(y) for y in job.labels]
-    existing = [int(p.stem) for p in images.glob("*.png") if p.stem.isdigit()]
-    check_settings(job.record, job.settings, items, existing, f"images in {images}", "--sample-dir")
+    prepare_folder(job, dist.is_main)
     todo = [i for i in range(dist.rank, len(job.labels), dist.world_size) if not job.png(i).exists()]
-    if dist.is_main:
-        write_settings(job.record, job.settings, items)
-        # Temporary files a killed run left behind: this job's own sub-folder and outputs only (the other sampling
-        # script may be writing in the same sample folder).
-        remove_stale_temps(job.folder / job.subdir)
-        outputs = (job.csv_name, f"{job.subdir}_annotations.npz.npy")
-        remove_stale_temps(job.folder, recursive=False, targets=outputs)
-        remove_stale_temps(job.folder.parent, recursive=False, targets=(job.grid.name,))
-        (job.folder / job.subdir).mkdir(parents=True, exist_ok=True)
-    barrier()
     start = time.time()
     bar = tqdm(total=len(todo), unit="img", disable=not dist.is_main, desc=f"sampling ({job.subdir})")
     for b in range(0, len(todo), per_proc_batch):
