@@ -115,8 +115,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "classifier-no-optimiser-step",
         "downstream/training.py",
-        "            optimizer.step()\n",
-        "            pass  # mutant: the classifier never learns\n",
+        "        optimizer.step()\n",
+        "        pass  # mutant: the classifier never learns\n",
         "the downstream classifier stays at its initialisation",
         ("tests/test_learning.py",),
     ),

@@ -37,3 +37,12 @@ def test_the_citation_rule_catches_the_forms_it_is_meant_for():
         assert OUTSIDE_CITATION.search(text), text
     for text in ("docs/REFERENCE.md §4.3", "the spec of the format", "SP" + "ECIAL 3"):
         assert not OUTSIDE_CITATION.search(text), text
+
+
+def test_every_mutant_edit_finds_its_code_once():
+    """`make mutants` replaces an exact piece of code per entry; a refactor that moves or re-indents it would stop the
+    run (and the edit would test nothing), so the catalogue is checked against the code here, in milliseconds."""
+    from mutants.catalogue import MUTANTS
+
+    counts = {m.name: (REPO / m.path).read_text().count(m.old) for m in MUTANTS}
+    assert counts == dict.fromkeys(counts, 1)
