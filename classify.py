@@ -203,7 +203,6 @@ def prepare(args: argparse.Namespace) -> Study:
         raise UserError(f"--conditions: {[c.spec() for c in conditions]} train nothing; add '{BASELINE}'")
     label_names = study_labels(args)
     cfg = train_config(args)
-    weights = find_pretrained(args.arch, args.pretrained)
     data_path = Path(args.data_path)
     folds = {f: load_fold(data_path, f, label_names, conditions, args.eval_split, args.gan_test) for f in args.folds}
     copies = sorted({name for d in folds.values() for name in d.synthetic_val})
@@ -213,6 +212,7 @@ def prepare(args: argparse.Namespace) -> Study:
             f"classifier of the '{BASELINE}' condition, which is missing; add '{BASELINE}' to --conditions, or pass "
             "--no-gan-test"
         )
+    weights = find_pretrained(args.arch, args.pretrained)  # after the data checks, before any training
     return Study(conditions, label_names, cfg, weights, folds)
 
 
@@ -236,10 +236,7 @@ def log_inputs(args: argparse.Namespace, study: Study, logger: logging.Logger) -
     if args.arch == "tiny":
         pretrained_note = "random initialisation (the tiny CNN has no ImageNet weights)."
     elif study.weights is None:
-        pretrained_note = (
-            f"RANDOM INITIALISATION: no ImageNet weights found (put {args.arch}-*.pth in "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or pass --pretrained FILE); not the paper's protocol."
-        )
+        pretrained_note = "RANDOM INITIALISATION (--pretrained none): not the paper's protocol."
         warnings.insert(0, pretrained_note)
     else:
         pretrained_note = f"ImageNet weights from {study.weights}."
@@ -388,8 +385,8 @@ def add_protocol_flags(p: argparse.ArgumentParser) -> None:
         "--pretrained",
         type=str,
         default="auto",
-        help="ImageNet weights: 'auto' (torchvision cache $TORCH_HOME/hub/checkpoints/{arch}-*.pth if present, "
-        "else random init), 'none' (random init) or a .pth file; never downloaded",
+        help="ImageNet weights: 'auto' (torchvision cache $TORCH_HOME/hub/checkpoints/{arch}-*.pth; a missing file "
+        "stops the run), 'none' (random init, not the paper's protocol) or a .pth file; never downloaded",
     )
     p.add_argument("--image-size", type=int_at_least(8), default=448, help="network input side in pixels")
     p.add_argument("--resize", type=str, choices=RESIZE_MODES, default="resize", help="how images reach that size")
@@ -403,7 +400,10 @@ def add_protocol_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=number_at_least(0.0), default=1e-4, help="SGD weight decay")
     p.add_argument("--lr-factor", type=unit, default=0.5, help="plateau schedule: learning-rate multiplier")
     p.add_argument(
-        "--lr-patience", type=non_negative_int, default=5, help="plateau schedule: epochs without val-mAP gain"
+        "--lr-patience",
+        type=non_negative_int,
+        default=5,
+        help="plateau schedule: epochs without val-mAP gain tolerated (ReduceLROnPlateau patience)",
     )
     p.add_argument(
         "--plateau-after", type=non_negative_int, default=5, help="the schedule steps only once epoch > this"

@@ -1,7 +1,8 @@
 """The downstream classifier: a torchvision ResNet with a K-way multi-label head, or a tiny CNN for CPU runs.
 
 ImageNet weights are read from a local file only (docs/DECISIONS.md §C4): `--pretrained FILE`, or torchvision's own
-cache `$TORCH_HOME/hub/checkpoints/{arch}-*.pth`. Nothing is ever downloaded.
+cache `$TORCH_HOME/hub/checkpoints/{arch}-*.pth`. Nothing is ever downloaded, and missing weights stop the run: random
+initialisation only when asked for (`--pretrained none`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision import models
+
+from infra.errors import UserError
 
 ARCHS: tuple[str, ...] = ("resnet50", "resnet18", "tiny")
 _TORCHVISION = {"resnet50": models.resnet50, "resnet18": models.resnet18}
@@ -41,11 +44,15 @@ def find_pretrained(arch: str, pretrained: str = "auto", hub_dir: str | Path | N
 
     Args:
         arch: one of ARCHS.
-        pretrained: "auto" (torchvision's cache when a file is there), "none" (random initialisation) or a file.
+        pretrained: "auto" (torchvision's cache; the tiny CNN has no ImageNet weights), "none" (random
+            initialisation) or a file.
         hub_dir: torch hub folder; default `torch.hub.get_dir()` (follows $TORCH_HOME).
 
     Returns:
         The weight file, or None.
+
+    Raises:
+        UserError: "auto" for a ResNet whose file is not in the cache (never replaced by random weights, §C4).
     """
     if arch not in ARCHS:
         raise ValueError(f"--arch {arch!r}: choose from {ARCHS}")
@@ -65,7 +72,12 @@ def find_pretrained(arch: str, pretrained: str = "auto", hub_dir: str | Path | N
     if preferred.is_file():
         return preferred
     matches = sorted(folder.glob(f"{arch}-*.pth"))
-    return matches[0] if matches else None
+    if not matches:
+        raise UserError(
+            f"--pretrained auto: no ImageNet weights for --arch {arch} in {folder}; put {preferred.name} there or pass "
+            "--pretrained FILE (--pretrained none trains from random initialisation, not the paper's protocol)"
+        )
+    return matches[0]
 
 
 def _load_imagenet_trunk(model: nn.Module, path: Path) -> None:

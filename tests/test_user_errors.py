@@ -37,6 +37,7 @@ class Case:
     argv: Callable[[dict], list[str]]
     fragments: Callable[[dict], list[str]]
     absent: Callable[[dict], list[Path]] = field(default=lambda ws: [])
+    env: Callable[[dict], dict[str, str]] = field(default=lambda ws: {})  # environment of the run
     prepare: Callable[[dict], None] = field(default=lambda ws: None)
 
 
@@ -294,6 +295,14 @@ CASES = [
         lambda ws: [ws["out"] / "c" / "runs"],
     ),
     Case(
+        "classify: no ImageNet weights for the default ResNet-50",
+        "classify.py",
+        lambda ws: ["--data-path", str(ws["data"]), "--conditions", "geometric", "--out", str(ws["out"] / "c")],
+        lambda ws: ["no ImageNet weights for --arch resnet50", "--pretrained none"],
+        lambda ws: [ws["out"] / "c" / "runs"],
+        env=lambda ws: {"TORCH_HOME": str(ws["out"] / "torch_home")},  # an empty cache, whatever this machine has
+    ),
+    Case(
         "classify: synthetic folder without its CSV",
         "classify.py",
         lambda ws: [
@@ -417,7 +426,7 @@ def run_script(script: str, argv: list[str]) -> int:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_user_mistake_is_one_line(case: Case, pristine: dict, tmp_path: Path, capfd) -> None:
+def test_user_mistake_is_one_line(case: Case, pristine: dict, tmp_path: Path, capfd, monkeypatch) -> None:
     ws = {
         "data": tmp_path / "data",
         "out": tmp_path / "out",
@@ -427,6 +436,8 @@ def test_user_mistake_is_one_line(case: Case, pristine: dict, tmp_path: Path, ca
     shutil.copytree(pristine["data"], ws["data"])
     ws["out"].mkdir()
     case.prepare(ws)
+    for name, value in case.env(ws).items():
+        monkeypatch.setenv(name, value)
     status = run_script(case.script, case.argv(ws))
     out, err = capfd.readouterr()
     prog = case.script[3:] if case.script.startswith("-m ") else case.script

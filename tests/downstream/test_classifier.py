@@ -7,6 +7,7 @@ import torch
 from torchvision import models
 
 from downstream.classifier import build_classifier, find_pretrained
+from infra.errors import UserError
 
 
 def test_tiny_output_shape():
@@ -30,7 +31,9 @@ def test_resnet_loads_imagenet_trunk_and_replaces_head(tmp_path):
 
 
 def test_lookup_rules(tmp_path):
-    assert find_pretrained("resnet50", "auto", hub_dir=tmp_path) is None  # nothing cached: random init
+    # Nothing cached: the run stops naming the file, never random weights in its place (docs/DECISIONS.md §C4).
+    with pytest.raises(UserError, match=r"no ImageNet weights for --arch resnet50 in .*resnet50-0676ba61.pth there"):
+        find_pretrained("resnet50", "auto", hub_dir=tmp_path)
     assert find_pretrained("resnet50", "none") is None
     assert find_pretrained("tiny", "auto") is None
     with pytest.raises(FileNotFoundError, match="--pretrained"):
