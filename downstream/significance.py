@@ -1,7 +1,8 @@
 """Paired significance of a condition against the geometric-augmentation baseline, and the stars of Table B.
 
 The paper names neither the test nor the star thresholds (docs/PAPER.md §B1); this project pairs runs by (fold, seed)
-and uses a paired t-test by default (Wilcoxon signed-rank as an option), with the usual GraphPad-style stars.
+and uses a paired t-test by default (Wilcoxon signed-rank as an option), with the paper's four star levels (p below
+0.05, 0.01, 0.001, 0.0001).
 """
 
 from __future__ import annotations
