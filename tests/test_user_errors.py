@@ -37,8 +37,8 @@ class Case:
     argv: Callable[[dict], list[str]]
     fragments: Callable[[dict], list[str]]
     absent: Callable[[dict], list[Path]] = field(default=lambda ws: [])
-    env: Callable[[dict], dict[str, str]] = field(default=lambda ws: {})  # environment of the run
     prepare: Callable[[dict], None] = field(default=lambda ws: None)
+    env: Callable[[dict], dict[str, str]] = field(default=lambda ws: {})  # environment of the run
 
 
 def corrupt_first_training_image(ws: dict, how: str) -> None:
