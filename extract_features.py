@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> None:
         items = [f"{dataset.source_name(i)} {label_item(y)}" for i, y in enumerate(dataset.labels)]
         existing = {int(p.stem) for d in (feature_dir, label_dir) for p in d.glob("*.npy") if p.stem.isdigit()}
         where = f"latent/label pairs in {feature_dir} and {label_dir}"
-        check_settings(record, settings, items, sorted(existing), where, "--features-path")
+        check_settings(record, settings, items, existing, where, "--features-path")
         if dist.is_main:
             write_settings(record, settings, items)
             feature_dir.mkdir(parents=True, exist_ok=True)

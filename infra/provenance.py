@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from infra.atomic_io import atomic_write_text
@@ -49,7 +49,9 @@ def label_item(label: Sequence) -> str:
     return "".join(str(int(v)) for v in label)
 
 
-def check_settings(record: Path, settings: dict, items: list[str], existing: list[int], what: str, flag: str) -> None:
+def check_settings(
+    record: Path, settings: dict, items: list[str], existing: Collection[int], what: str, flag: str
+) -> None:
     """Stop with a UserError when outputs of an earlier run lie in the folder of `record` and the record does not say
     they were made as this run would make them: another run's files would otherwise be kept as if this run had
     written them.
@@ -58,7 +60,7 @@ def check_settings(record: Path, settings: dict, items: list[str], existing: lis
         record: the settings file of the outputs (written by `write_settings`).
         settings: what determines every output (checkpoint, VAE, seed, ...; JSON values).
         items: what determines output i alone (its label, its source image), one string per output.
-        existing: the indices of the outputs already there; each must have been made for the same item.
+        existing: the indices of the outputs already there (any order); each must have been made for the same item.
         what: the outputs, for the message ("images in .../gen_samples").
         flag: the flag that chooses the folder, for the message.
     """
